@@ -1,0 +1,1 @@
+"""The hidden reference solution. Never shipped to students; see captioning.py."""
