@@ -77,10 +77,19 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: uint8 in [0, 255] or float in [0, 1], (N, 3, 112, 112).
-        Returns features (N, 400, 4, 4) in the encoder's dtype."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        Returns features (N, 400, 4, 4) in the encoder's dtype.
+
+        Features this encoder already computed, float (N, 400, 4, 4), pass through
+        unchanged: the encoder is frozen, so a training loop may encode its images once.
+        """
         dtype = self.mean.dtype
+        if images.dim() == 4 and images.shape[1] == self.out_channels and images.is_floating_point():
+            return images.to(dtype)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"expected images (N, 3, H, W) or features (N, {self.out_channels}, 4, 4), "
+                f"got {tuple(images.shape)}"
+            )
         x = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
         x = (x - self.mean) / self.std
         with torch.no_grad():
@@ -300,9 +309,11 @@ def _lstm_gates(a, prev_c):
     Returns next_h, next_c, each (N, H).
     """
     H = prev_c.shape[1]
-    ifo = torch.sigmoid(a[:, : 3 * H])
-    i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
-    g = torch.tanh(a[:, 3 * H :])
+    # split/chunk rather than slicing: their backward is one concatenation, where each
+    # slice's backward would allocate a zero tensor the size of a.
+    ifo, g = a.split([3 * H, H], dim=1)
+    i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)
+    g = torch.tanh(g)
     next_c = f * prev_c + i * g
     next_h = o * torch.tanh(next_c)
     return next_h, next_c
@@ -343,11 +354,12 @@ class LSTM(nn.Module):
         hn = None
         ### BEGIN SOLUTION
         N, T, D = x.shape
+        # The input projection does not depend on h: one matmul for every timestep.
         x_proj = torch.addmm(self.b, x.reshape(N * T, D), self.Wx).view(N, T, -1)
         prev_h, prev_c = h0, torch.zeros_like(h0)
         states = []
-        for t in range(T):
-            a = torch.addmm(x_proj[:, t], prev_h, self.Wh)
+        for x_t in x_proj.unbind(dim=1):
+            a = torch.addmm(x_t, prev_h, self.Wh)
             prev_h, prev_c = _lstm_gates(a, prev_c)
             states.append(prev_h)
         hn = torch.stack(states, dim=1)

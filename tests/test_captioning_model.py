@@ -224,3 +224,14 @@ def test_pretrained_encoder_offline_names_the_expected_file(tmp_path):
     expected_file = tmp_path / "hub" / "checkpoints" / "regnet_x_400mf-62229a5f.pth"
     assert str(expected_file) in result.stderr
     assert "pretrained=False" in result.stderr
+
+
+def test_features_computed_once_pass_through_the_encoder_unchanged():
+    model = small_model("lstm")
+    images = torch.randint(0, 256, (2, 3, 112, 112), dtype=torch.uint8)
+    with torch.no_grad():
+        features = model.image_encoder(images)
+        assert torch.equal(model.image_encoder(features), features)
+        assert model(features, CAPTIONS[:2]).item() == model(images, CAPTIONS[:2]).item()
+    with pytest.raises(ValueError, match=r"expected images \(N, 3, H, W\)"):
+        model.image_encoder(torch.zeros(2, 5, 112, 112))

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures (record them in BENCHMARKS.md); they are not tests."""
