@@ -4,9 +4,9 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 COCO_SOURCE ?= ../shared/data/coco_mini
 COCO_PT     := data/coco.pt
-# Some machines' pip configuration points at a CPU-only torch wheel that has no matching
-# torchvision; install the pinned pair from PyPI regardless of local pip settings.
-PIP_ENV     ?= PIP_CONFIG_FILE=/dev/null
+# Some machines' pip settings (a config file, or PIP_FIND_LINKS) point at a CPU-only torch
+# wheel that has no matching torchvision; install the pinned pair from PyPI regardless.
+PIP_ENV     ?= env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 
 .PHONY: help setup data test bench-train bench-lstm bench lock clean
 
@@ -22,7 +22,9 @@ setup: $(VENV)/.installed $(COCO_PT)
 $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_ENV) $(PY) -m pip install --quiet -r requirements.txt -c requirements.lock
-	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
+	  || { echo "error: torch and torchvision in $(VENV) do not import together (a CPU-only torch"\
+	       "wheel from local pip settings?). Run 'make clean setup'." >&2; exit 1; }
 	touch $@
 
 $(COCO_PT): data/coco.py | $(VENV)/.installed
