@@ -8,11 +8,12 @@ weights are cached, else a seeded random one (this machine is offline); the figu
 """
 
 import argparse
+import os
 import time
 
 import torch
 
-from solution.captioning import CELL_TYPES, CaptioningRNN
+from solution.captioning import CELL_TYPES, CaptioningRNN, pretrained_weights_path
 
 TARGETS = {"rnn": 0.5, "lstm": 4.0, "attn": 9.0}
 
@@ -45,14 +46,6 @@ def overfit(data, cell_type, num_examples, epochs, batch_size, lr, device, pretr
     return final, seconds
 
 
-def weights_cached() -> bool:
-    from torchvision.models import RegNet_X_400MF_Weights
-    import os
-
-    url = RegNet_X_400MF_Weights.IMAGENET1K_V2.url
-    return os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/coco.pt")
@@ -64,7 +57,7 @@ def main():
     args = parser.parse_args()
 
     data = torch.load(args.data, weights_only=True)
-    pretrained = weights_cached()
+    pretrained = os.path.exists(pretrained_weights_path())
     print(f"overfitting {args.examples} examples, {args.epochs} epochs, batch {args.batch_size}, "
           f"Adam lr {args.lr}, device {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, encoder {'pretrained' if pretrained else 'random (seeded; no cached weights)'}")

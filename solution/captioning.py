@@ -96,9 +96,17 @@ class ImageEncoder(nn.Module):
             return self.cnn(x)
 
 
+def pretrained_weights_path() -> str:
+    """Where torchvision caches the encoder's ImageNet weights ($TORCH_HOME/hub/checkpoints)."""
+    from torchvision.models import RegNet_X_400MF_Weights
+
+    url = RegNet_X_400MF_Weights.IMAGENET1K_V2.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
 def _pretrained_state_dict(weights, verbose: bool) -> dict:
     """ImageNet weights through torchvision's weights API, with an actionable error offline."""
-    expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    expected = pretrained_weights_path()
     if verbose and not os.path.exists(expected):
         print(f"Downloading RegNet-X 400MF weights to {expected}")
     try:
@@ -435,9 +443,9 @@ class AttentionLSTM(nn.Module):
         prev_h = A.mean(dim=(2, 3))
         prev_c = prev_h
         states = []
-        for t in range(T):
+        for x_t in x_proj.unbind(dim=1):
             attn, _ = dot_product_attention(prev_h, A)
-            a = x_proj[:, t] + prev_h.mm(self.Wh) + attn.mm(self.Wattn)
+            a = x_t + prev_h.mm(self.Wh) + attn.mm(self.Wattn)
             prev_h, prev_c = _lstm_gates(a, prev_c)
             states.append(prev_h)
         hn = torch.stack(states, dim=1)
