@@ -7,12 +7,19 @@ COCO_PT     := data/coco.pt
 # Some machines' pip settings (a config file, or PIP_FIND_LINKS) point at a CPU-only torch
 # wheel that has no matching torchvision; install the pinned pair from PyPI regardless.
 PIP_ENV     ?= env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
+COURSE      := assignment
+ASSIGNMENT  := rnn_captioning
+SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
+# nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
+NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup data test bench-train bench-lstm bench lock clean
+.PHONY: help setup data notebook release test bench-train bench-lstm bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
 	@echo "make test         run the whole test suite"
+	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
+	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
 	@echo "make bench-train  overfit 50 COCO examples with each cell type (CPU), print losses"
 	@echo "make bench-lstm   time the reference LSTM against torch.nn.LSTM"
@@ -33,6 +40,16 @@ $(COCO_PT): data/coco.py | $(VENV)/.installed
 data: | $(VENV)/.installed
 	$(PY) -m data.coco --source $(COCO_SOURCE) --out $(COCO_PT)
 
+notebook: | $(VENV)/.installed
+	$(PY) -m assignment.build_notebook
+
+# The student version: stubs in place of solutions, no outputs; coco.pt ships with it.
+release: setup
+	$(PY) -m assignment.build_notebook --check
+	cp $(COCO_PT) $(COURSE)/source/$(ASSIGNMENT)/coco.pt
+	$(NBGRADER) generate_assignment $(ASSIGNMENT) --force --log-level=WARN
+	@echo "Student notebook: $(COURSE)/release/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb (with captioning_helpers.py and coco.pt)"
+
 test: setup
 	$(PY) -m pytest
 
@@ -49,4 +66,4 @@ lock: $(VENV)/.installed
 	  $(PY) -m pip freeze --exclude-editable; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(COCO_PT)
+	rm -rf $(VENV) $(COCO_PT) $(COURSE)/release $(COURSE)/gradebook.db $(COURSE)/source/$(ASSIGNMENT)/coco.pt

@@ -1,0 +1,309 @@
+"""Helpers for the RNN captioning notebook: set-up, data, visible checks, gradient checking,
+training and plots.
+
+This file ships with the assignment. Nothing in it is part of what you write or of what is
+graded; read it if you are curious, but do not edit it (the grader uses its own copy).
+"""
+
+import contextlib
+import math
+import os
+import random
+import traceback
+
+import torch
+
+# ---------------------------------------------------------------------------------------
+# Set-up
+# ---------------------------------------------------------------------------------------
+
+
+def pick_device() -> torch.device:
+    """The first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's and torch's generators so that every run of the notebook matches."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    # TF32 would make GPU results differ from the CPU's in the third digit.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def use_pretrained_encoder() -> bool:
+    """Whether to load the encoder's ImageNet weights (a 21 MB download, cached afterwards).
+
+    Set CAPTIONING_PRETRAINED=0 on a machine without internet: the notebook then runs with
+    a random encoder, and sampled captions will not describe the images.
+    """
+    return os.environ.get("CAPTIONING_PRETRAINED", "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def load_coco(path: str = "coco.pt") -> dict:
+    """The COCO subset: a dict of tensors (see the notebook's data section for the keys)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{os.path.abspath(path)} is missing. It comes with the assignment: put coco.pt next "
+            "to this notebook (your course page says where to get it)."
+        )
+    return torch.load(path, weights_only=True)
+
+
+def decode_captions(captions: torch.Tensor, idx_to_word) -> str | list[str]:
+    """Word indices to text; stops at <END> and leaves out <START> and <NULL>.
+
+    captions: (T,) gives one string; (N, T) gives a list of N strings.
+    """
+    if captions.dim() == 2:
+        return [decode_captions(row, idx_to_word) for row in captions]
+    words = []
+    for idx in captions.tolist():
+        word = idx_to_word[idx]
+        if word == "<END>":
+            break
+        if word not in ("<NULL>", "<START>"):
+            words.append(word)
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------------------------------
+# Visible checks
+# ---------------------------------------------------------------------------------------
+
+# (unit, check name, passed, detail) for every check run in this session, for check_summary.
+_RESULTS: list[tuple[str, str, bool, str]] = []
+_current_unit = ["(no unit)"]
+
+
+def rel_error(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-10) -> float:
+    """max|x - y| / max(|x| + |y|): 0 for identical tensors, about 1 for unrelated ones."""
+    x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    return ((x - y).abs().max() / (x.abs() + y.abs()).max().clamp(min=eps)).item()
+
+
+def _record(name: str, passed: bool, detail: str) -> bool:
+    _RESULTS.append((_current_unit[0], name, passed, detail))
+    print(f"  {name:<28} {detail:<44} {'PASS' if passed else 'FAIL'}")
+    return passed
+
+
+def _problem_with(actual, expected: torch.Tensor) -> str | None:
+    """Why actual cannot be compared with expected at all, or None if it can."""
+    if actual is None:
+        return "got None: is it implemented and returned?"
+    if not isinstance(actual, torch.Tensor):
+        return f"expected a torch.Tensor, got {type(actual).__name__}"
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    if actual.is_floating_point() and not torch.isfinite(actual).all():
+        return "contains NaN or inf"
+    return None
+
+
+def check_close(name: str, actual, expected: torch.Tensor, tol: float = 1e-7) -> bool:
+    """Print the relative error of actual against expected, and PASS or FAIL."""
+    problem = _problem_with(actual, expected)
+    if problem:
+        return _record(name, False, problem)
+    error = rel_error(actual, expected)
+    return _record(name, error < tol, f"relative error {error:.2e} (need < {tol:.0e})")
+
+
+def check_equal(name: str, actual, expected: torch.Tensor) -> bool:
+    """PASS when actual has exactly expected's values (word indices, say)."""
+    problem = _problem_with(actual, expected)
+    if problem:
+        return _record(name, False, problem)
+    mismatches = (actual.detach().cpu().long() != expected.long()).sum().item()
+    detail = "identical" if mismatches == 0 else f"{mismatches} of {expected.numel()} entries differ"
+    return _record(name, mismatches == 0, detail)
+
+
+@contextlib.contextmanager
+def visible_check(unit: str):
+    """Group the checks of one unit; an exception inside becomes a FAIL, not a crash.
+
+    NotImplementedError still stops the notebook: it means the unit is not written yet.
+    """
+    print(f"{unit}:")
+    _current_unit[0] = unit
+    try:
+        yield
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # the student's code failed: report it and let the notebook go on
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        _record("runs without error", False, f"{type(exc).__name__} at line {where.lineno}: {exc}"[:120])
+    finally:
+        _current_unit[0] = "(no unit)"
+
+
+def check_summary() -> tuple[int, int]:
+    """Print every unit's visible checks, passed or not; returns (units passed, units run)."""
+    units: dict[str, bool] = {}
+    for unit, _, passed, _ in _RESULTS:
+        units[unit] = units.get(unit, True) and passed
+    print(f"{'unit':<26} visible checks")
+    for unit, passed in units.items():
+        print(f"{unit:<26} {'PASS' if passed else 'FAIL'}")
+    n_passed = sum(units.values())
+    print(f"\n{n_passed} of {len(units)} units pass their visible checks.")
+    return n_passed, len(units)
+
+
+def compute_numeric_gradient(f, x: torch.Tensor, dLdf: torch.Tensor | None = None, h: float = 1e-6):
+    """Centred finite differences: the gradient of sum(f(x) * dLdf) with respect to x.
+
+    f takes x and returns a tensor; dLdf defaults to ones. Use float64 inputs: in float32 the
+    differences drown in rounding error. Returns a tensor shaped like x.
+    """
+    x = x.detach().clone()
+    grad = torch.zeros_like(x)
+    flat_x, flat_grad = x.view(-1), grad.view(-1)
+    for i in range(flat_x.numel()):
+        old = flat_x[i].item()
+        flat_x[i] = old + h
+        plus = f(x)
+        flat_x[i] = old - h
+        minus = f(x)
+        flat_x[i] = old
+        weights = torch.ones_like(plus) if dLdf is None else dLdf
+        flat_grad[i] = ((plus - minus) * weights).sum().item() / (2 * h)
+    return grad
+
+
+def linspace_tensor(shape, low: float, high: float, dtype=torch.float64) -> torch.Tensor:
+    """A tensor of the given shape filled row by row with evenly spaced values in [low, high]."""
+    return torch.linspace(low, high, steps=math.prod(shape), dtype=dtype).reshape(shape)
+
+
+def set_parameters_fixed(module: torch.nn.Module, scale: float = 1.0) -> None:
+    """Overwrite every trainable parameter of module with fixed values in [-scale, scale].
+
+    The visible checks use this so that their expected values depend neither on how
+    parameters are initialised nor on the random generator. The values, a sine of the
+    position, vary like random ones without being random.
+    """
+    with torch.no_grad():
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        for k, param in enumerate(trainable):
+            position = torch.arange(param.numel(), dtype=torch.float64)
+            values = scale * torch.sin(0.9 * position + 1.3 * (k + 1))
+            param.copy_(values.reshape(param.shape))
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+def train_captioner(model, images, captions, *, epochs: int, batch_size: int, lr: float,
+                    device: torch.device, desc: str = "training") -> list[float]:
+    """Train model (a CaptioningRNN) with Adam on (images, captions); returns the loss per step.
+
+    images: (N, 3, 112, 112) uint8; captions: (N, T) int64. The encoder is frozen, so its
+    features are computed once and fed to the model in place of the images.
+    """
+    from tqdm.auto import tqdm
+
+    model.to(device).train()
+    with torch.no_grad():
+        features = model.image_encoder(images.to(device))
+    captions = captions.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    steps_per_epoch = math.ceil(len(captions) / batch_size)
+    with tqdm(total=epochs * steps_per_epoch, desc=desc) as progress:
+        for _ in range(epochs):
+            order = torch.randperm(len(captions), device=device)
+            for start in range(0, len(captions), batch_size):
+                batch = order[start : start + batch_size]
+                loss = model(features[batch], captions[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                progress.update()
+            progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------
+
+
+def _as_picture(image: torch.Tensor):
+    """(3, H, W) uint8 or float tensor -> (H, W, 3) array for imshow."""
+    image = image.detach().cpu()
+    if image.is_floating_point():
+        image = (image.clamp(0, 1) * 255).round()
+    return image.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def show_captioned_images(images: torch.Tensor, captions: list[str], title: str = "", ncols: int = 4):
+    """A grid of images, each with its caption underneath. images: (N, 3, H, W)."""
+    import matplotlib.pyplot as plt
+    import textwrap
+
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(_as_picture(image))
+        ax.set_title("\n".join(textwrap.wrap(caption, 32)), fontsize=9, y=-0.02, va="top")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_losses(histories: dict[str, list[float]]):
+    """Training loss per step, one curve per model."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, losses in histories.items():
+        ax.plot(losses, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Overfitting a small slice of COCO")
+    plt.show()
+
+
+def show_attention(image: torch.Tensor, words: list[str], weights: torch.Tensor, ncols: int = 6):
+    """Where the model looked for each word it generated.
+
+    image: (3, H, W); words: the generated words; weights: (len(words), 4, 4) attention.
+    """
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    picture = _as_picture(image)
+    height, width = picture.shape[:2]
+    # Bilinear upsampling of the 4x4 grid shows the weights at the image's scale.
+    maps = F.interpolate(weights[:, None].detach().float().cpu(), size=(height, width),
+                         mode="bilinear", align_corners=False)[:, 0]
+    panels = len(words) + 1
+    nrows = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(picture)
+    axes.flat[0].set_title("image", fontsize=9)
+    for ax, word, weight_map in zip(list(axes.flat)[1:], words, maps):
+        ax.imshow(picture)
+        ax.imshow(weight_map.numpy(), cmap="gray", alpha=0.6)
+        ax.set_title(word, fontsize=9)
+    fig.tight_layout()
+    plt.show()

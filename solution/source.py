@@ -1,0 +1,86 @@
+"""The reference solution read as text: its graded units, its provided code, its stubs.
+
+``captioning.py`` is the single source of truth. The notebook builder takes each unit's
+code from here (with the solution markers nbgrader understands), and the grader assembles
+the code a worker runs from here, so both always agree with the reference.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+SOLUTION_FILE = Path(__file__).with_name("captioning.py")
+BEGIN_SOLUTION = "### BEGIN SOLUTION"
+END_SOLUTION = "### END SOLUTION"
+# What nbgrader's ClearSolutions writes in place of a solution region.
+STUB = "raise NotImplementedError()"
+
+
+def read_source() -> str:
+    return SOLUTION_FILE.read_text()
+
+
+def graded_units(source: str | None = None) -> dict[str, tuple[str, ...]]:
+    """GRADED_UNITS of the source, read without importing it: unit -> definition names."""
+    tree = ast.parse(read_source() if source is None else source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "GRADED_UNITS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{SOLUTION_FILE} defines no GRADED_UNITS")
+
+
+def split_definitions(source: str | None = None) -> tuple[str, dict[str, str]]:
+    """Split the module into its import block and its top-level definitions.
+
+    Returns (imports, definitions): imports is the text of the module's import statements;
+    definitions maps each top-level function, class or assigned name to its source text
+    (decorators included), in file order.
+    """
+    source = read_source() if source is None else source
+    lines = source.splitlines()
+    imports, definitions = [], {}
+    for node in ast.parse(source).body:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        text = "\n".join(lines[start - 1 : node.end_lineno])
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append(text)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            definitions[node.name] = text
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            definitions[node.targets[0].id] = text
+    return "\n".join(imports), definitions
+
+
+def unit_source(unit: str, source: str | None = None) -> str:
+    """The reference code of one graded unit, solution markers included."""
+    _, definitions = split_definitions(source)
+    return "\n\n\n".join(definitions[name] for name in graded_units(source)[unit])
+
+
+def provided_names(source: str | None = None) -> list[str]:
+    """Top-level definitions that belong to no unit (handed out as they are), in file order."""
+    _, definitions = split_definitions(source)
+    in_units = {name for names in graded_units(source).values() for name in names}
+    return [name for name in definitions if name not in in_units and name != "GRADED_UNITS"]
+
+
+_REGION = re.compile(
+    rf"^(?P<indent>[ \t]*){re.escape(BEGIN_SOLUTION)}[^\n]*\n.*?^[ \t]*{re.escape(END_SOLUTION)}[^\n]*$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def solution_lines(text: str) -> list[str]:
+    """The stripped, non-blank lines inside the solution regions of text."""
+    lines = []
+    for match in _REGION.finditer(text):
+        body = match.group(0).splitlines()[1:-1]
+        lines += [line.strip() for line in body if line.strip()]
+    return lines
+
+
+def strip_solutions(text: str) -> str:
+    """text with every solution region replaced by a stub, as nbgrader's release does."""
+    return _REGION.sub(lambda m: f"{m.group('indent')}{STUB}", text)
