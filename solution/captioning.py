@@ -22,8 +22,8 @@ from torch import nn
 # and the grader read this; every other definition here is provided code.
 GRADED_UNITS = {
     "rnn_step_forward": ("rnn_step_forward",),
-    "rnn_forward": ("rnn_forward",),
     "rnn_step_backward": ("rnn_step_backward",),
+    "rnn_forward": ("rnn_forward",),
     "rnn_backward": ("rnn_backward",),
     "WordEmbedding": ("WordEmbedding",),
     "temporal_softmax_loss": ("temporal_softmax_loss",),

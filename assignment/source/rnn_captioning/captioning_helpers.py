@@ -85,6 +85,8 @@ _current_unit = ["(no unit)"]
 def rel_error(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-10) -> float:
     """max|x - y| / max(|x| + |y|): 0 for identical tensors, about 1 for unrelated ones."""
     x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    if x.numel() == 0:
+        return 0.0
     return ((x - y).abs().max() / (x.abs() + y.abs()).max().clamp(min=eps)).item()
 
 

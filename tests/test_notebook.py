@@ -1,0 +1,210 @@
+"""The student notebook: built from its sources, runs top to bottom, and releases cleanly.
+
+The notebooks run in a real Jupyter kernel (nbclient), offline: CAPTIONING_PRETRAINED=0
+gives a random encoder, and coco.pt is the one `make data` built.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from assignment import build_notebook
+from conftest import COCO_PT, REPO_ROOT, devices
+from solution import source as reference
+
+SOURCE_DIR = REPO_ROOT / "assignment" / "source" / "rnn_captioning"
+RELEASE_DIR = REPO_ROOT / "assignment" / "release" / "rnn_captioning"
+NOTEBOOK_NAME = "rnn_captioning.ipynb"
+
+
+def grade_id(cell) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def is_check_cell(cell) -> bool:
+    return cell.cell_type == "code" and "with visible_check(" in cell.source
+
+
+def image_outputs(cell) -> int:
+    return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+def text_of(cell) -> str:
+    return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.output_type == "stream")
+
+
+def execute(notebook_dir: Path, monkeypatch, device: str = "cpu", allow_errors: bool = False):
+    """Run the notebook in notebook_dir in a fresh kernel, offline, on device.
+
+    Returns (executed notebook, the CellExecutionError that stopped it or None).
+    """
+    monkeypatch.setenv("CAPTIONING_PRETRAINED", "0")
+    if device == "cpu":
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    notebook = nbformat.read(notebook_dir / NOTEBOOK_NAME, as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": str(notebook_dir)}})
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        return notebook, error
+    return notebook, None
+
+
+def copy_notebook_dir(source: Path, destination: Path) -> Path:
+    """The notebook and its helpers in a scratch folder, with the built coco.pt beside them."""
+    destination.mkdir()
+    for name in (NOTEBOOK_NAME, "captioning_helpers.py"):
+        shutil.copy(source / name, destination / name)
+    os.symlink(COCO_PT, destination / "coco.pt")
+    return destination
+
+
+# ---------------------------------------------------------------------------------------
+# The source notebook
+# ---------------------------------------------------------------------------------------
+
+
+def test_committed_notebook_matches_its_sources():
+    built = build_notebook.notebook_text(build_notebook.build_notebook())
+    assert (SOURCE_DIR / NOTEBOOK_NAME).read_text() == built, "stale notebook: run `make notebook`"
+
+
+def test_every_unit_has_one_solution_cell_with_the_reference_code():
+    notebook = nbformat.read(SOURCE_DIR / NOTEBOOK_NAME, as_version=4)
+    solution_cells = {grade_id(c): c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("solution")}
+    assert list(solution_cells) == list(reference.graded_units())
+    for unit, cell in solution_cells.items():
+        assert cell.source == reference.unit_source(unit)
+    points = [c.metadata.nbgrader.points for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert sum(points) == 100
+
+
+def test_builder_rejects_a_source_without_a_units_cell():
+    text = build_notebook.TEXT_SOURCE.read_text().replace("# %% [unit] LSTM\n", "# %%\n")
+    with pytest.raises(ValueError, match="LSTM"):
+        build_notebook.build_notebook(text)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_instructor_notebook_runs_top_to_bottom(tmp_path, monkeypatch, device):
+    notebook, error = execute(copy_notebook_dir(SOURCE_DIR, tmp_path / "nb"), monkeypatch, device)
+    assert error is None, str(error)[-2000:]
+    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+    assert not [o for c in code_cells for o in c.outputs if o.output_type == "error"]
+
+    check_cells = [c for c in code_cells if is_check_cell(c)]
+    assert len(check_cells) == 12
+    for cell in check_cells:
+        assert "PASS" in text_of(cell) and "FAIL" not in text_of(cell), cell.source[:80]
+    assert "12 of 12 units pass their visible checks" in text_of(code_cells[-1])
+
+    def figures_of(marker):
+        return sum(image_outputs(c) for c in code_cells if marker in c.source)
+
+    assert figures_of("show_captioned_images(\n    data[") == 1, "image grid"
+    assert figures_of("helpers.plot_losses(losses)") == 3, "loss curves"
+    assert figures_of("helpers.show_captioned_images(images,") == 6, "sampled captions"
+    assert figures_of("helpers.show_attention(") == 2, "attention maps"
+    for cell_type in ("rnn", "lstm", "attn"):
+        assert f"final loss ({cell_type})" in "".join(text_of(c) for c in code_cells)
+
+
+# ---------------------------------------------------------------------------------------
+# The release
+# ---------------------------------------------------------------------------------------
+
+
+def release_digests() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RELEASE_DIR.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def released():
+    """`make release`, as an instructor runs it; returns the digests of what it wrote."""
+    subprocess.run(["make", "-C", str(REPO_ROOT), "release", f"PYTHON={sys.executable}"],
+                   check=True, capture_output=True, text=True)
+    return release_digests()
+
+
+def test_release_contains_the_notebook_helpers_and_data(released):
+    assert set(released) == {NOTEBOOK_NAME, "captioning_helpers.py", "coco.pt"}
+
+
+def test_release_is_idempotent(released):
+    subprocess.run(["make", "-C", str(REPO_ROOT), "release"], check=True, capture_output=True)
+    assert release_digests() == released
+
+
+def test_release_leaks_no_reference_code_and_has_no_outputs(released):
+    notebook = nbformat.read(RELEASE_DIR / NOTEBOOK_NAME, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in notebook.cells if c.cell_type == "code")
+
+    # Lines made only of keywords and punctuation (`else:`) say nothing about the solution.
+    def telling(line):
+        return any(ch.isalnum() for ch in line.replace("else", "").replace("return", ""))
+
+    secret = {line for line in reference.solution_lines(reference.read_source()) if telling(line)}
+    assert len(secret) > 80
+    for path in RELEASE_DIR.iterdir():
+        if path.suffix in (".py", ".ipynb"):
+            released_lines = set()
+            for line in path.read_text().splitlines():
+                released_lines.add(line.strip())
+                released_lines.add(line.strip().strip('",').replace('\\n', '').strip())
+            leaked = secret & released_lines
+            assert not leaked, f"{path.name} contains reference lines: {sorted(leaked)[:5]}"
+    assert "BEGIN SOLUTION" not in (RELEASE_DIR / NOTEBOOK_NAME).read_text()
+    assert "HIDDEN TESTS" not in (RELEASE_DIR / NOTEBOOK_NAME).read_text()
+
+
+def test_every_released_unit_is_a_stub(released):
+    notebook = nbformat.read(RELEASE_DIR / NOTEBOOK_NAME, as_version=4)
+    for unit in reference.graded_units():
+        (cell,) = [c for c in notebook.cells if grade_id(c) == unit]
+        regions = reference.unit_source(unit).count(reference.BEGIN_SOLUTION)
+        assert regions >= 1 and cell.source.count(reference.STUB) == regions
+
+
+def test_released_notebook_stops_at_the_first_stub(released, tmp_path, monkeypatch):
+    notebook, error = execute(copy_notebook_dir(RELEASE_DIR, tmp_path / "student"), monkeypatch)
+    assert error is not None and error.ename == "NotImplementedError"
+    executed = [c for c in notebook.cells if c.cell_type == "code" and c.get("execution_count")]
+    # Everything before the first check ran; the first check is where it stopped.
+    assert is_check_cell(executed[-1]) and 'visible_check("rnn_step_forward")' in executed[-1].source
+    assert not any(o.output_type == "error" for c in executed[:-1] for o in c.outputs)
+
+
+def _fill_stubs(notebook_dir: Path, replacement: str):
+    """Replace every stub of the released notebook with replacement (same indentation)."""
+    path = notebook_dir / NOTEBOOK_NAME
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = cell.source.replace(reference.STUB, replacement)
+    nbformat.write(notebook, path)
+
+
+@pytest.mark.parametrize("wrong_unit", [
+    "pass",  # outputs stay None, as initialised above the stub
+    "raise ValueError('a bug in the student code')",
+])
+def test_visible_checks_report_failure_on_wrong_units(released, tmp_path, monkeypatch, wrong_unit):
+    notebook_dir = copy_notebook_dir(RELEASE_DIR, tmp_path / "student")
+    _fill_stubs(notebook_dir, wrong_unit)
+    notebook, _ = execute(notebook_dir, monkeypatch, allow_errors=True)
+    check_cells = [c for c in notebook.cells if is_check_cell(c)]
+    assert len(check_cells) == 12
+    for cell in check_cells:
+        assert not [o for o in cell.outputs if o.output_type == "error"], cell.source[:80]
+        assert "FAIL" in text_of(cell), cell.source[:80]
+    assert "0 of 12 units pass" in text_of(notebook.cells[-1])
