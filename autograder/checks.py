@@ -1,0 +1,308 @@
+"""The grader's tests: hidden inputs, the reference's outputs on them, and the comparison.
+
+Every (unit, test) of ``points.toml`` has here a generator of cases (hidden inputs drawn
+from a seed the student cannot predict) and tolerances. The expected outputs come from the
+reference solution, run in the grader's own process through the same runner the worker uses
+(``runners.py``); hand-written backward passes are also compared with numeric gradients.
+
+Tolerances (relative error max|a - b| / max(|a| + |b|), all in float64, TF32 off):
+* outputs and autograd gradients against the reference: below 1e-6 (correct variants differ
+  by about 1e-15; a real bug by more than 1e-3);
+* hand-written gradients against centred differences (step 1e-6): below 1e-5;
+* sampled captions: identical; attention weights of sampling: below 1e-6.
+"""
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autograder import runners
+from solution import captioning as reference
+
+POINTS_FILE = Path(__file__).with_name("points.toml")
+FORWARD_TOL = 1e-6
+NUMERIC_TOL = 1e-5
+NUMERIC_STEP = 1e-6
+CAPTION_MODEL = dict(wordvec_dim=16, hidden_dim=12, max_length=6)
+
+
+def load_points() -> dict[str, dict[str, int]]:
+    with open(POINTS_FILE, "rb") as f:
+        points = tomllib.load(f)
+    total = sum(sum(tests.values()) for tests in points.values())
+    if total != 100:
+        raise ValueError(f"{POINTS_FILE} sums to {total}, not 100")
+    return points
+
+
+@dataclass
+class Case:
+    """One hidden input of a test and what the grader expects of it."""
+
+    label: str  # shapes only: shown to the student, never values
+    inputs: dict[str, torch.Tensor]
+    expected: dict[str, torch.Tensor] = field(default_factory=dict)
+    numeric: dict[str, torch.Tensor] = field(default_factory=dict)  # extra, for backward tests
+
+
+@dataclass
+class Test:
+    unit: str
+    name: str
+    points: int
+    cases: list[Case]
+    options: dict | None = None  # passed to the runner (the captioner's settings)
+
+
+# ---------------------------------------------------------------------------------------
+# Hidden inputs
+# ---------------------------------------------------------------------------------------
+
+
+class _Draw:
+    """float64 / int64 tensors from one seeded generator."""
+
+    def __init__(self, seed: int):
+        self.g = torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape, scale=1.0):
+        return torch.randn(*shape, generator=self.g, dtype=torch.float64) * scale
+
+    def randint(self, high, *shape):
+        return torch.randint(0, high, shape, generator=self.g)
+
+
+def _rnn_step_inputs(d: _Draw, N, D, H):
+    return dict(x=d.randn(N, D), prev_h=d.randn(N, H), Wx=d.randn(D, H, scale=0.5),
+                Wh=d.randn(H, H, scale=0.5), b=d.randn(H))
+
+
+def _rnn_inputs(d: _Draw, N, T, D, H):
+    return dict(x=d.randn(N, T, D), h0=d.randn(N, H), Wx=d.randn(D, H, scale=0.5),
+                Wh=d.randn(H, H, scale=0.5), b=d.randn(H))
+
+
+def _lstm_params(d: _Draw, D, H, attention=False):
+    params = {"param.Wx": d.randn(D, 4 * H, scale=0.5), "param.Wh": d.randn(H, 4 * H, scale=0.5),
+              "param.b": d.randn(4 * H)}
+    if attention:
+        params["param.Wattn"] = d.randn(H, 4 * H, scale=0.5)
+    return params
+
+
+def _cases(unit: str, test: str, d: _Draw) -> list[tuple[str, dict]]:
+    """(label, inputs) of every case of a test; shapes include N = 1 and T = 1."""
+    if unit == "rnn_step_forward":
+        return [(f"N={N}, D={D}, H={H}", _rnn_step_inputs(d, N, D, H)) for N, D, H in [(1, 3, 4), (4, 5, 6), (3, 8, 5)]]
+    if unit == "rnn_step_backward":
+        return [(f"N={N}, D={D}, H={H}", {**_rnn_step_inputs(d, N, D, H), "dnext_h": d.randn(N, H)})
+                for N, D, H in [(1, 3, 4), (4, 5, 6)]]
+    if unit == "rnn_forward":
+        return [(f"N={N}, T={T}, D={D}, H={H}", _rnn_inputs(d, N, T, D, H))
+                for N, T, D, H in [(1, 1, 3, 4), (3, 5, 4, 6), (2, 2, 6, 3)]]
+    if unit == "rnn_backward":
+        return [(f"N={N}, T={T}, D={D}, H={H}", {**_rnn_inputs(d, N, T, D, H), "dh": d.randn(N, T, H)})
+                for N, T, D, H in [(1, 1, 3, 4), (3, 4, 5, 6)]]
+    if unit == "WordEmbedding":
+        shapes = [(1, 1, 7, 3), (3, 6, 5, 4)]  # few words, so that indices repeat
+        cases = []
+        for N, T, V, D in shapes:
+            inputs = {"param.W_embed": d.randn(V, D), "x": d.randint(V, N, T)}
+            if test == "gradient":
+                inputs["dout"] = d.randn(N, T, D)
+            cases.append((f"N={N}, T={T}, V={V}, D={D}", inputs))
+        return cases
+    if unit == "temporal_softmax_loss":
+        cases = []
+        for N, T, V in [(1, 1, 5), (4, 6, 9), (3, 2, 12)]:
+            inputs = {"x": d.randn(N, T, V, scale=2.0), "y": d.randint(V, N, T)}
+            if test != "loss":
+                inputs["y"][0, -1] = 0  # at least one ignored timestep
+                inputs["ignore_index"] = torch.tensor(0)
+            cases.append((f"N={N}, T={T}, V={V}", inputs))
+        return cases
+    if unit == "LSTM":
+        if test == "step_forward":
+            return [(f"N={N}, D={D}, H={H}", {**_lstm_params(d, D, H), "x": d.randn(N, D),
+                     "prev_h": d.randn(N, H), "prev_c": d.randn(N, H)}) for N, D, H in [(1, 3, 4), (4, 5, 6)]]
+        shapes = [(1, 1, 3, 4), (3, 5, 4, 6)] if test == "forward" else [(2, 4, 3, 5)]
+        return [(f"N={N}, T={T}, D={D}, H={H}", {**_lstm_params(d, D, H), "x": d.randn(N, T, D),
+                 "h0": d.randn(N, H), **({"dout": d.randn(N, T, H)} if test == "gradients" else {})})
+                for N, T, D, H in shapes]
+    if unit == "dot_product_attention":
+        shapes = [(1, 3), (4, 6), (2, 8)] if test == "forward" else [(3, 5)]
+        return [(f"N={N}, H={H}", {"prev_h": d.randn(N, H), "A": d.randn(N, H, 4, 4),
+                 **({"dattn": d.randn(N, H), "dweights": d.randn(N, 4, 4)} if test == "gradients" else {})})
+                for N, H in shapes]
+    if unit == "AttentionLSTM":
+        if test == "step_forward":
+            return [(f"N={N}, D={D}, H={H}", {**_lstm_params(d, D, H, True), "x": d.randn(N, D),
+                     "prev_h": d.randn(N, H), "prev_c": d.randn(N, H), "attn": d.randn(N, H)})
+                    for N, D, H in [(1, 3, 4), (3, 5, 6)]]
+        shapes = [(1, 1, 3, 4), (2, 4, 5, 6)] if test == "forward" else [(2, 3, 4, 5)]
+        return [(f"N={N}, T={T}, D={D}, H={H}", {**_lstm_params(d, D, H, True), "x": d.randn(N, T, D),
+                 "A": d.randn(N, H, 4, 4), **({"dout": d.randn(N, T, H)} if test == "gradients" else {})})
+                for N, T, D, H in shapes]
+    raise KeyError(f"no cases for {unit}.{test}")
+
+
+# ---------------------------------------------------------------------------------------
+# The captioner's tests: real COCO images, one set of weights loaded by name
+# ---------------------------------------------------------------------------------------
+
+
+class CaptionerFixture:
+    """The data and encoder weights the CaptioningRNN tests share (built once per grader)."""
+
+    def __init__(self, coco: dict):
+        self.coco = coco
+        self.word_to_idx = coco["vocab"]["token_to_idx"]
+        torch.manual_seed(0)
+        encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
+        self.encoder_state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
+
+    def encoder_state_inputs(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights as runner inputs; the worker gets them once, as "shared/"."""
+        return {f"state.{k}": v for k, v in self.encoder_state.items()}
+
+    def cases(self, test: str, d: _Draw) -> tuple[list[tuple[str, dict]], dict]:
+        cell_type = test.split("_", 1)[1]
+        options = dict(word_to_idx=self.word_to_idx, cell_type=cell_type,
+                       ignore_index=self.word_to_idx["<NULL>"], **CAPTION_MODEL)
+        # The reference model's own weights, drawn from the test's seed.
+        torch.manual_seed(int(d.randint(2**31, 1)))
+        model = reference.CaptioningRNN(
+            self.word_to_idx, wordvec_dim=CAPTION_MODEL["wordvec_dim"],
+            hidden_dim=CAPTION_MODEL["hidden_dim"], cell_type=cell_type,
+            image_encoder_pretrained=False).double()
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
+        n_images = 3 if test.startswith("loss_") else 2
+        picks = torch.randperm(len(self.coco["val_captions"]), generator=d.g)[:n_images]
+        inputs = {f"state.{k}": v.clone() for k, v in state.items()}
+        inputs["images"] = self.coco["val_images"][self.coco["val_image_idxs"][picks]]
+        if test.startswith("loss_"):
+            inputs["captions"] = self.coco["val_captions"][picks]
+        return [(f"N={n_images} COCO val images", inputs)], options
+
+
+# ---------------------------------------------------------------------------------------
+# Building the tests: inputs and expected outputs
+# ---------------------------------------------------------------------------------------
+
+
+def test_seed(seed: int, unit: str, test: str) -> int:
+    """Each test's own seed, so that tests do not depend on each other or on their order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{unit}:{test}".encode()).digest()[:8], "big")
+
+
+def reference_namespace() -> dict:
+    return vars(reference)
+
+
+def _numeric_gradients(unit: str, inputs: dict) -> dict[str, torch.Tensor]:
+    """Centred differences of the reference forward, for the hand-written backward tests."""
+    if unit == "rnn_step_backward":
+        names, upstream = ["x", "prev_h", "Wx", "Wh", "b"], inputs["dnext_h"]
+        forward = lambda v: reference.rnn_step_forward(*[v[n] for n in names])[0]  # noqa: E731
+    else:
+        names, upstream = ["x", "h0", "Wx", "Wh", "b"], inputs["dh"]
+        forward = lambda v: reference.rnn_forward(*[v[n] for n in names])[0]  # noqa: E731
+    values = {n: inputs[n].clone() for n in names}
+    grads = {}
+    for n in names:
+        flat, grad = values[n].view(-1), torch.zeros_like(values[n])
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + NUMERIC_STEP
+            plus = (forward(values) * upstream).sum().item()
+            flat[i] = old - NUMERIC_STEP
+            minus = (forward(values) * upstream).sum().item()
+            flat[i] = old
+            grad.view(-1)[i] = (plus - minus) / (2 * NUMERIC_STEP)
+        grads["d" + n] = grad
+    return grads
+
+
+def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[Test]:
+    """Every test of points.toml with its hidden cases and the reference's outputs."""
+    fixture = fixture or CaptionerFixture(coco)
+    namespace = reference_namespace()
+    tests = []
+    for unit, unit_tests in load_points().items():
+        for name, points in unit_tests.items():
+            d = _Draw(test_seed(seed, unit, name))
+            options = None
+            if unit == "CaptioningRNN":
+                raw, options = fixture.cases(name, d)
+            else:
+                raw = _cases(unit, name, d)
+            run = runners.runner(unit, name)
+            cases = []
+            for label, inputs in raw:
+                full = {**inputs, **fixture.encoder_state_inputs()} if unit == "CaptioningRNN" else inputs
+                expected = run(namespace, full, options) if options else run(namespace, inputs)
+                case = Case(label, inputs, {k: v.detach() for k, v in expected.items()})
+                if unit in ("rnn_step_backward", "rnn_backward"):
+                    case.numeric = _numeric_gradients(unit, inputs)
+                cases.append(case)
+            tests.append(Test(unit, name, points, cases, options))
+    return tests
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison
+# ---------------------------------------------------------------------------------------
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    if a.numel() == 0:
+        return 0.0
+    return ((a - b).abs().max() / (a.abs() + b.abs()).max().clamp(min=1e-30)).item()
+
+
+def compare_output(name: str, actual, expected: torch.Tensor, tol: float = FORWARD_TOL) -> str | None:
+    """Why actual (a numpy array from the worker, or None) is not expected; None if it is."""
+    import numpy as np
+
+    if actual is None:
+        return f"no output {name}"
+    if not isinstance(actual, np.ndarray) or actual.dtype == object:
+        return f"output {name} is not an array"
+    want_dtype = str(expected.dtype).replace("torch.", "")
+    if str(actual.dtype) != want_dtype:
+        return f"output {name} has dtype {actual.dtype}, expected {want_dtype}"
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"output {name} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    got = torch.from_numpy(np.array(actual, copy=True))
+    if expected.is_floating_point():
+        if not torch.isfinite(got).all():
+            return f"output {name} contains NaN or inf"
+        error = rel_error(got, expected)
+        if not error < tol:  # "not <" so that a NaN error fails too
+            return f"output {name}: relative error {error:.1e} (tolerance {tol:.0e})"
+        return None
+    mismatches = int((got != expected).sum())
+    if mismatches:
+        return f"output {name}: {mismatches} of {expected.numel()} values differ"
+    return None
+
+
+def judge_case(case: Case, outputs: dict) -> str | None:
+    """The first reason this case fails, or None when every output matches."""
+    for name, expected in case.expected.items():
+        reason = compare_output(name, outputs.get(name), expected)
+        if reason:
+            return reason
+    for name, numeric in case.numeric.items():
+        reason = compare_output(name, outputs.get(name), numeric, NUMERIC_TOL)
+        if reason:
+            return reason.replace(f"output {name}", f"{name} against numeric gradients")
+    return None
+
+
+def format_label(case: Case, index: int, count: int) -> str:
+    return f"case {index + 1} of {count} ({case.label})"
