@@ -13,18 +13,30 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup data notebook release test bench-train bench-lstm bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde feedback test bench-train bench-lstm bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
 	@echo "make test         run the whole test suite"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
+	@echo "make grade NB=f   grade one submitted notebook: a table and results.json (RESULTS=...)"
+	@echo "make autograde    grade every submission in $(COURSE)/submitted/ into the gradebook,"
+	@echo "                  then export $(COURSE)/grades.csv"
+	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
 	@echo "make bench-train  overfit 50 COCO examples with each cell type (CPU), print losses"
 	@echo "make bench-lstm   time the reference LSTM against torch.nn.LSTM"
 
-setup: $(VENV)/.installed $(COCO_PT)
+setup: $(VENV)/.installed $(COCO_PT) sandbox
+
+# The grader isolates student code with bubblewrap. Install it where this user can (root
+# with apt); elsewhere say how, since grading refuses to run without it unless told to.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null)); } \
+	  || echo "warning: bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)" \
+	          "or grading will need --allow-unsandboxed" >&2
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +61,23 @@ release: setup
 	cp $(COCO_PT) $(COURSE)/source/$(ASSIGNMENT)/coco.pt
 	$(NBGRADER) generate_assignment $(ASSIGNMENT) --force --log-level=WARN
 	@echo "Student notebook: $(COURSE)/release/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb (with captioning_helpers.py and coco.pt)"
+
+NB      ?=
+RESULTS ?= results.json
+DEVICE  ?= cpu
+grade: setup
+	@test -n "$(NB)" || { echo "usage: make grade NB=path/to/submission.ipynb [RESULTS=results.json] [DEVICE=cpu|cuda|auto]" >&2; exit 2; }
+	$(PY) -m autograder grade "$(NB)" --results "$(RESULTS)" --device $(DEVICE)
+
+# Every submission in submitted/<student>/$(ASSIGNMENT)/ into nbgrader's gradebook.
+autograde: release
+	$(NBGRADER) autograde $(ASSIGNMENT) --force --log-level=INFO
+	$(NBGRADER) export --to grades.csv
+	@echo "Grades: $(COURSE)/grades.csv (gradebook: $(COURSE)/gradebook.db)"
+
+feedback: | $(VENV)/.installed
+	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
+	@echo "Feedback: $(COURSE)/feedback/<student>/$(ASSIGNMENT)/$(ASSIGNMENT).html"
 
 test: setup
 	$(PY) -m pytest

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +259,16 @@ def zero_result(points, reason: str, notes=None, mode="", device="cpu") -> Grade
     return GradeResult(tests, notes or [], mode, device)
 
 
+def _run_job(job_dir: Path, out_dir: Path, units: tuple[str, ...], allow_unsandboxed: bool):
+    """One worker over the staged job, under the sandbox and limits sized for its units."""
+    seconds = UNIT_TIMEOUT_SECONDS * len(units) + 30
+    limits = sandbox.Limits(wall_seconds=seconds, cpu_seconds=seconds, memory_bytes=4 << 30,
+                            output_bytes=64 << 10)
+    return sandbox.run_worker([str(job_dir / "worker.py"), str(job_dir), str(out_dir)],
+                              workdir=out_dir, readonly_dirs=[job_dir], limits=limits,
+                              allow_unsandboxed=allow_unsandboxed)
+
+
 def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed: bool = False,
           fixture: checks.CaptionerFixture | None = None, secret: bytes | None = None) -> GradeResult:
     """Grade one submitted notebook. Raises GraderError only when the grader cannot work."""
@@ -294,25 +305,26 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
     tests.fixture = fixture
     results = []
     with tempfile.TemporaryDirectory(prefix="captioning-grade-") as scratch:
+        jobs = {}
         for group, units in WORKER_GROUPS:
             runnable = tuple(u for u in units if u not in excluded)
-            run = None
             out_dir = Path(scratch) / f"out_{group}"
             out_dir.mkdir()
             if runnable:
                 job_dir = Path(scratch) / f"job_{group}"
                 stage_job(job_dir, runnable, cells, tests, device)
-                limits = sandbox.Limits(wall_seconds=UNIT_TIMEOUT_SECONDS * len(runnable) + 30,
-                                        cpu_seconds=UNIT_TIMEOUT_SECONDS * len(runnable) + 30,
-                                        memory_bytes=4 << 30, output_bytes=64 << 10)
-                run = sandbox.run_worker([str(job_dir / "worker.py"), str(job_dir), str(out_dir)],
-                                         workdir=out_dir, readonly_dirs=[job_dir], limits=limits,
-                                         allow_unsandboxed=allow_unsandboxed)
+                jobs[group] = (job_dir, out_dir, runnable)
+        # The workers run side by side; each is bounded by its own wall clock, so none can
+        # hold up the others for longer than that.
+        with ThreadPoolExecutor(max_workers=len(WORKER_GROUPS)) as pool:
+            runs = {group: pool.submit(_run_job, *job, allow_unsandboxed) for group, job in jobs.items()}
+            runs = {group: future.result() for group, future in runs.items()}
+        for group, units in WORKER_GROUPS:
             for unit in units:
                 if unit in excluded:
                     results += [TestResult(unit, t.name, 0, t.points, excluded[unit]) for t in tests if t.unit == unit]
                 else:
-                    results += score_unit(unit, tests, out_dir, run)
+                    results += score_unit(unit, tests, Path(scratch) / f"out_{group}", runs.get(group))
     order = {(u, t): i for i, (u, t) in enumerate((u, t) for u, ts in points.items() for t in ts)}
     results.sort(key=lambda r: order[(r.unit, r.test)])
     return GradeResult(results, notes, mode, device)

@@ -1,0 +1,100 @@
+"""The grader end to end: reference, stubs, determinism, reports, command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autograder import grade
+from conftest import REPO_ROOT
+from grading import (INSTRUCTOR_NOTEBOOK, failures, grade_notebook, lost, mutated, all_tests_of,
+                     write_submission)
+from solution import source as reference
+
+RELEASED = REPO_ROOT / "assignment" / "release" / "rnn_captioning" / "rnn_captioning.ipynb"
+
+
+def test_reference_scores_100():
+    result = grade_notebook(INSTRUCTOR_NOTEBOOK)
+    assert result.score == result.max_score == 100, failures(result)
+    assert result.mode == "bwrap"
+
+
+def test_released_stubs_score_0_with_a_reason_for_every_test(tmp_path):
+    stubs = {unit: reference.strip_solutions(reference.unit_source(unit)) for unit in reference.graded_units()}
+    result = grade_notebook(write_submission(tmp_path / "stubs.ipynb", stubs))
+    assert result.score == 0 and result.max_score == 100
+    assert all("NotImplementedError" in t.reason for t in result.tests), failures(result)
+
+
+def test_the_same_submission_gets_identical_results(tmp_path):
+    bug = {"rnn_forward": mutated("rnn_forward", "torch.tanh(", "torch.sigmoid(")}
+    path = write_submission(tmp_path / "s.ipynb", bug)
+    first, second = tmp_path / "1.json", tmp_path / "2.json"
+    grade.write_results(grade_notebook(path), first)
+    grade.write_results(grade_notebook(path), second)
+    assert first.read_bytes() == second.read_bytes()
+    assert json.loads(first.read_text())["score"] == 100 - 5 - 8  # rnn_forward, and rnn_backward through its cache
+
+
+def test_a_unit_without_its_cell_loses_only_its_tests(tmp_path):
+    notebook = write_submission(tmp_path / "s.ipynb")
+    text = notebook.read_text().replace('"grade_id": "WordEmbedding"', '"grade_id": "renamed"')
+    notebook.write_text(text)
+    result = grade_notebook(notebook)
+    assert lost(result) == all_tests_of("WordEmbedding")
+    assert any("no solution cell" in n for n in result.notes)
+
+
+def test_a_forbidden_module_costs_that_units_points(tmp_path):
+    code = reference.unit_source("LSTM") + "\n\n_builtin = torch.nn.LSTM(3, 4)\n"
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"LSTM": code}))
+    assert lost(result) == all_tests_of("LSTM")
+    assert all("torch.nn.LSTM" in t.reason for t in result.tests if t.unit == "LSTM")
+
+
+def test_a_forward_bug_reaches_the_backward_test_through_its_cache_only(tmp_path):
+    bug = {"rnn_step_forward": mutated("rnn_step_forward", "prev_h.mm(Wh) + b", "prev_h.mm(Wh) - b")}
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", bug))
+    assert lost(result) == all_tests_of("rnn_step_forward", "rnn_step_backward"), failures(result)
+
+
+def test_results_json_follows_gradescopes_schema(tmp_path):
+    path = tmp_path / "results.json"
+    grade.write_results(grade_notebook(INSTRUCTOR_NOTEBOOK), path)
+    results = json.loads(path.read_text())
+    assert results["score"] == 100 and results["max_score"] == 100
+    assert "sandbox (bubblewrap)" in results["output"]
+    assert len(results["tests"]) == 23
+    for test in results["tests"]:
+        assert set(test) == {"name", "score", "max_score", "output", "visibility"}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "autograder", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_writes_results_and_exits_0_whatever_the_score(tmp_path):
+    notebook = tmp_path / "garbage.ipynb"
+    notebook.write_text("{ this is not a notebook")
+    done = run_cli("grade", notebook, "--results", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["score"] == 0 and "not a Jupyter notebook" in results["output"]
+    assert "total" in done.stdout
+
+
+def test_cli_exits_2_when_it_cannot_grade(tmp_path):
+    done = run_cli("grade", INSTRUCTOR_NOTEBOOK, "--results", tmp_path / "r.json",
+                   "--data", tmp_path / "missing.pt")
+    assert done.returncode == 2 and "make data" in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_worker_groups_never_hold_the_reference_of_a_unit_they_grade():
+    for _, units in grade.WORKER_GROUPS:
+        for unit in units:
+            assert not set(grade.REFERENCE_DEPENDENCIES.get(unit, ())) & set(units)
+    assert sorted(u for _, units in grade.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
