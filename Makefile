@@ -21,8 +21,8 @@ help:
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
 	@echo "make grade NB=f   grade one submitted notebook: a table and results.json (RESULTS=...)"
-	@echo "make autograde    grade every submission in $(COURSE)/submitted/ into the gradebook,"
-	@echo "                  then export $(COURSE)/grades.csv"
+	@echo "make autograde    grade every submission in $(COURSE)/submitted/ (JOBS=N at a time,"
+	@echo "                  resumable) into the gradebook; export $(COURSE)/grades.csv"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
 	@echo "make bench-train  overfit 50 COCO examples with each cell type (CPU), print losses"
@@ -69,11 +69,14 @@ grade: setup
 	@test -n "$(NB)" || { echo "usage: make grade NB=path/to/submission.ipynb [RESULTS=results.json] [DEVICE=cpu|cuda|auto]" >&2; exit 2; }
 	$(PY) -m autograder grade "$(NB)" --results "$(RESULTS)" --device $(DEVICE)
 
-# Every submission in submitted/<student>/$(ASSIGNMENT)/ into nbgrader's gradebook.
+# Every submission in submitted/<student>/$(ASSIGNMENT)/: graded JOBS at a time (resumable),
+# then into nbgrader's gradebook (nbgrader reuses the stored results) and grades.csv.
+JOBS ?= 1
 autograde: release
-	$(NBGRADER) autograde $(ASSIGNMENT) --force --log-level=INFO
+	$(PY) -m autograder batch $(COURSE) --jobs $(JOBS) --device $(DEVICE)
+	$(NBGRADER) autograde $(ASSIGNMENT) --force --log-level=WARN
 	$(NBGRADER) export --to grades.csv
-	@echo "Grades: $(COURSE)/grades.csv (gradebook: $(COURSE)/gradebook.db)"
+	@echo "Grades: $(COURSE)/grades.csv and, per test, $(COURSE)/class_results.csv (gradebook: $(COURSE)/gradebook.db)"
 
 feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force

@@ -26,3 +26,5 @@ c.Autograde.autograde_preprocessors = [
     AssignLatePenalties, CheckCellMetadata,
 ]
 c.KitGrader.device = "cpu"  # "auto" uses a GPU when there is one
+# Results of `python -m autograder batch` (make autograde JOBS=N), reused when unchanged.
+c.KitGrader.results_dir = str(COURSE_DIR / "grader_results")

@@ -27,15 +27,23 @@ def main(argv=None) -> int:
     grade_cmd.add_argument("--allow-unsandboxed", action="store_true",
                            help="grade even where bubblewrap cannot run (weaker isolation; "
                                 "the results say so)")
+    batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
+    batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    batch_cmd.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    batch_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    batch_cmd.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "coco.pt")
+    batch_cmd.add_argument("--allow-unsandboxed", action="store_true")
     args = parser.parse_args(argv)
+    if not args.data.is_file():
+        print(f"error: {args.data} is missing: run `make data`", file=sys.stderr)
+        return 2
+    if args.command == "batch":
+        return run_batch(args)
 
     import torch
 
     from autograder.grade import GraderError, grade, table, write_results
 
-    if not args.data.is_file():
-        print(f"error: {args.data} is missing: run `make data`", file=sys.stderr)
-        return 2
     try:
         coco = torch.load(args.data, weights_only=True)
         result = grade(args.notebook, coco=coco, device=args.device,
@@ -49,6 +57,28 @@ def main(argv=None) -> int:
         return 2
     print(table(result))
     print(f"results written to {args.results}")
+    return 0
+
+
+def run_batch(args) -> int:
+    from autograder.batch import CLASS_CSV, grade_class
+    from autograder.grade import GraderError
+
+    try:
+        outcomes = grade_class(args.course, jobs=args.jobs, data=args.data, device=args.device,
+                               allow_unsandboxed=args.allow_unsandboxed)
+    except GraderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every result written so far is complete; run again to resume",
+              file=sys.stderr)
+        return 130
+    errors = {s: o for s, o in outcomes.items() if isinstance(o, str)}
+    for student, error in sorted(errors.items()):
+        print(f"{student}: not graded: {error}", file=sys.stderr)
+    print(f"{len(outcomes) - len(errors)} graded, {len(errors)} not graded; "
+          f"{args.course / CLASS_CSV}")
     return 0
 
 

@@ -10,7 +10,9 @@ outputs, which nbgrader's own ``SaveAutoGrades`` turns into gradebook scores:
 * a stdout stream: one line per test, with the reason for lost points (the feedback);
 * an ``execute_result`` holding the unit's score, nbgrader's partial-credit convention.
 
-Nothing else of the notebook is executed.
+Nothing else of the notebook is executed. With ``results_dir`` set (the course's
+grader_results/, see autograder/batch.py), a result the batch grader already stored for the
+same content is used as it is, so `make autograde JOBS=N` grades each submission once.
 """
 
 import tempfile
@@ -20,7 +22,7 @@ import nbformat
 import torch
 from traitlets import Bool, Unicode
 
-from autograder import checks, grade
+from autograder import batch, checks, grade
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRADE_CELL_SUFFIX = "_autograded"
@@ -44,19 +46,26 @@ class KitGrader(NbGraderPreprocessor):
     device = Unicode("cpu", help="cpu, cuda or auto").tag(config=True)
     allow_unsandboxed = Bool(False, help="grade where bubblewrap cannot run").tag(config=True)
     data = Unicode(str(REPO_ROOT / "data" / "coco.pt"), help="the COCO subset").tag(config=True)
+    results_dir = Unicode("", help="the batch grader's stored results (a course directory's "
+                                   "grader_results); empty: always grade").tag(config=True)
 
     _coco = None
     _fixture = None
 
     def preprocess(self, nb, resources):
-        if KitGrader._coco is None:  # once per nbgrader run, shared by every submission
-            KitGrader._coco = torch.load(self.data, weights_only=True)
-            KitGrader._fixture = checks.CaptionerFixture(KitGrader._coco)
+        student = resources.get("nbgrader", {}).get("student", "")
         with tempfile.TemporaryDirectory(prefix="captioning-nbgrader-") as scratch:
             path = Path(scratch) / "submission.ipynb"
             nbformat.write(nb, path)
-            result = grade.grade(path, coco=KitGrader._coco, fixture=KitGrader._fixture,
-                                 device=self.device, allow_unsandboxed=self.allow_unsandboxed)
+            result, store, key = None, None, None
+            if self.results_dir:
+                store = batch.ResultStore(Path(self.results_dir))
+                key = batch.submission_key(path, batch.grader_fingerprint(grade.grader_secret()))
+                result = store.get(student, key)
+            if result is None:
+                result = self._grade(path)
+                if store is not None:
+                    store.put(student, key, result)
         self.log.info("%s: %d/%d (sandbox: %s)", resources.get("nbgrader", {}).get("student"),
                       result.score, result.max_score, result.mode)
         for cell in nb.cells:
@@ -69,3 +78,10 @@ class KitGrader(NbGraderPreprocessor):
                 nbformat.v4.new_output("execute_result", data={"text/plain": str(score)}, execution_count=None),
             ]
         return nb, resources
+
+    def _grade(self, path: Path) -> grade.GradeResult:
+        if KitGrader._coco is None:  # once per nbgrader run, shared by every submission
+            KitGrader._coco = torch.load(self.data, weights_only=True)
+            KitGrader._fixture = checks.CaptionerFixture(KitGrader._coco)
+        return grade.grade(path, coco=KitGrader._coco, fixture=KitGrader._fixture,
+                           device=self.device, allow_unsandboxed=self.allow_unsandboxed)
