@@ -13,7 +13,7 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde feedback test bench-train bench-lstm bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope test bench-train bench-lstm bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
@@ -24,6 +24,8 @@ help:
 	@echo "make autograde    grade every submission in $(COURSE)/submitted/ (JOBS=N at a time,"
 	@echo "                  resumable) into the gradebook; export $(COURSE)/grades.csv"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
+	@echo "make gradescope   the Gradescope autograder zip (dist/; GRADESCOPE_SANDBOX=unsandboxed"
+	@echo "                  where Gradescope's containers cannot run bubblewrap)"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
 	@echo "make bench-train  overfit 50 COCO examples with each cell type (CPU), print losses"
 	@echo "make bench-lstm   time the reference LSTM against torch.nn.LSTM"
@@ -82,6 +84,10 @@ feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
 	@echo "Feedback: $(COURSE)/feedback/<student>/$(ASSIGNMENT)/$(ASSIGNMENT).html"
 
+GRADESCOPE_SANDBOX ?= bwrap
+gradescope: setup
+	$(PY) -m autograder.gradescope --out dist/gradescope_autograder.zip --sandbox $(GRADESCOPE_SANDBOX)
+
 test: setup
 	$(PY) -m pytest
 
@@ -98,4 +104,4 @@ lock: $(VENV)/.installed
 	  $(PY) -m pip freeze --exclude-editable; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(COCO_PT) $(COURSE)/release $(COURSE)/gradebook.db $(COURSE)/source/$(ASSIGNMENT)/coco.pt
+	rm -rf $(VENV) $(COCO_PT) dist $(COURSE)/release $(COURSE)/gradebook.db $(COURSE)/source/$(ASSIGNMENT)/coco.pt
