@@ -1,0 +1,121 @@
+"""How long grading takes: one submission, a class, stock nbgrader, the notebook itself.
+
+    python -m benchmarks.grading [--runs 5] [--class-size 50] [--class-runs 1] [--stock-size 5]
+
+Prints medians (and every run) of:
+* one submission graded end to end, as `python -m autograder grade` runs it (interpreter
+  start, torch import, reference outputs, three sandboxed workers);
+* a class of --class-size copies of the reference with JOBS=1 and JOBS=2 (`python -m
+  autograder batch`, nothing cached);
+* stock `nbgrader autograde` (executing the instructor notebook in a kernel) on
+  --stock-size copies, per submission, and its ratio to ours, measured in the same run;
+* the instructor notebook executed top to bottom on the CPU (nbclient).
+Targets on the 2-core development machine: one submission under 10 s; 50 submissions
+under 5 minutes with JOBS=2; the notebook under 5 minutes.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COURSE = REPO_ROOT / "assignment"
+SOURCE_NOTEBOOK = COURSE / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
+ENV = {**os.environ, "CAPTIONING_PRETRAINED": "0", "CUDA_VISIBLE_DEVICES": "",
+       "CAPTIONING_GRADER_SECRET": "benchmark", "PYTHONPATH": str(REPO_ROOT),
+       "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def timed(command, **kwargs) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=ENV, **kwargs)
+    return time.perf_counter() - start
+
+
+def report(label: str, seconds: list[float], per: int = 1) -> float:
+    median = statistics.median(seconds)
+    runs = ", ".join(f"{s:.1f}" for s in seconds)
+    extra = f" = {median / per:.1f} s per submission" if per > 1 else ""
+    print(f"{label:<46} median {median:7.1f} s{extra}   (runs: {runs})", flush=True)
+    return median
+
+
+def make_class(root: Path, size: int, config: Path | None = None) -> Path:
+    """A course directory with size copies of the reference notebook as submissions."""
+    course = root / f"class{size}-{len(list(root.iterdir()))}"
+    for i in range(size):
+        target = course / "submitted" / f"student{i:03d}" / "rnn_captioning"
+        target.mkdir(parents=True)
+        shutil.copy(SOURCE_NOTEBOOK, target / "rnn_captioning.ipynb")
+    if config:
+        shutil.copy(config, course / "nbgrader_config.py")
+    return course
+
+
+def stock_nbgrader_course(root: Path, size: int) -> Path:
+    """nbgrader with its default pipeline: every notebook executed in a kernel."""
+    course = make_class(root, size)
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.root = __file__.rsplit('/', 1)[0]\n"
+        "c.Execute.timeout = 900\n")
+    source = course / "source" / "rnn_captioning"
+    source.mkdir(parents=True)
+    for name in ("rnn_captioning.ipynb", "captioning_helpers.py"):
+        shutil.copy(SOURCE_NOTEBOOK.parent / name, source / name)
+    os.symlink(REPO_ROOT / "data" / "coco.pt", source / "coco.pt")
+    subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "rnn_captioning",
+                    "--force"], cwd=course, check=True, capture_output=True, env=ENV)
+    # The submissions need the data and helpers beside them, as students have them.
+    for student in (course / "submitted").iterdir():
+        for name in ("captioning_helpers.py", "coco.pt"):
+            shutil.copy(source / name, student / "rnn_captioning" / name)
+    return course
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--class-size", type=int, default=50)
+    parser.add_argument("--class-runs", type=int, default=1)
+    parser.add_argument("--stock-size", type=int, default=5)
+    args = parser.parse_args(argv)
+    python = sys.executable
+    print(f"grading benchmarks: {os.cpu_count()} CPUs, python {sys.version.split()[0]}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="grading-bench-") as scratch:
+        root = Path(scratch)
+        one = [timed([python, "-m", "autograder", "grade", str(SOURCE_NOTEBOOK),
+                      "--results", str(root / "r.json")], cwd=REPO_ROOT) for _ in range(args.runs)]
+        ours = report("one submission, end to end (target < 10 s)", one)
+
+        for jobs in (1, 2):
+            runs = [timed([python, "-m", "autograder", "batch", str(make_class(root, args.class_size)),
+                           "--jobs", str(jobs)], cwd=REPO_ROOT) for _ in range(args.class_runs)]
+            report(f"class of {args.class_size}, JOBS={jobs}" + (" (target < 300 s)" if jobs == 2 else ""),
+                   runs, per=args.class_size)
+
+        stock = [timed([python, "-m", "nbgrader", "autograde", "rnn_captioning", "--force"],
+                       cwd=stock_nbgrader_course(root, args.stock_size))]
+        stock_each = report(f"stock nbgrader autograde, {args.stock_size} submissions", stock,
+                            per=args.stock_size) / args.stock_size
+        print(f"{'stock nbgrader / ours, per submission':<46} {stock_each / ours:.1f}x", flush=True)
+
+        notebook_dir = root / "notebook"
+        notebook_dir.mkdir()
+        for name in ("rnn_captioning.ipynb", "captioning_helpers.py"):
+            shutil.copy(SOURCE_NOTEBOOK.parent / name, notebook_dir / name)
+        os.symlink(REPO_ROOT / "data" / "coco.pt", notebook_dir / "coco.pt")
+        run_notebook = ("import nbformat, sys; from nbclient import NotebookClient; "
+                        "nb = nbformat.read('rnn_captioning.ipynb', 4); "
+                        "NotebookClient(nb, timeout=900, kernel_name='python3').execute()")
+        notebook = [timed([python, "-c", run_notebook], cwd=notebook_dir) for _ in range(args.runs)]
+        report("instructor notebook on CPU (target < 300 s)", notebook)
+
+
+if __name__ == "__main__":
+    main()
