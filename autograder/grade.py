@@ -13,12 +13,15 @@ whose student code runs in it: the units that need no other unit's code; Attenti
 (needs the reference LSTM gates and attention); CaptioningRNN (needs every other unit).
 """
 
+import ast
 import hashlib
+import io
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -161,28 +164,47 @@ def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], test
 # ---------------------------------------------------------------------------------------
 
 
+def read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of path when it is a regular file of at most limit bytes, else None.
+
+    The worker can put anything in its output directory: a symbolic link (to /dev/zero, or
+    to a file of this machine outside the sandbox), a FIFO (reading it would block forever).
+    Those are never followed or read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def read_outputs(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an outputs .npz, refusing pickles and oversized or malformed files."""
-    if not path.is_file():
+    data = read_regular_file(path, MAX_OUTPUT_BYTES)
+    if data is None:
         return {}
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             if sum(info.file_size for info in archive.infolist()) > MAX_OUTPUT_BYTES:
                 return {}
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
     except Exception:  # a corrupt or hand-made file: no outputs
         return {}
 
 
 def read_json(path: Path, limit: int = 1 << 20) -> dict:
+    data = read_regular_file(path, limit)
     try:
-        if path.stat().st_size > limit:
-            return {}
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
+        value = json.loads(data) if data is not None else {}
+    except (ValueError, RecursionError):  # RecursionError: a hand-made, deeply nested file
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
@@ -292,7 +314,16 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
         if unit not in cells:
             excluded[unit] = "no solution cell for this unit in the notebook"
             continue
-        findings = forbidden.find_forbidden(cells[unit], filename=unit)
+        try:
+            ast.parse(cells[unit])
+            findings = forbidden.find_forbidden(cells[unit], filename=unit)
+        except SyntaxError as exc:
+            excluded[unit] = f"your cell has a syntax error (line {exc.lineno}: {exc.msg})"
+            continue
+        except (ValueError, RecursionError, MemoryError) as exc:
+            # A lone surrogate (not encodable), or nesting deeper than Python's parser allows.
+            excluded[unit] = f"your cell cannot be parsed ({type(exc).__name__}: {clean_reason(exc)[:120]})"
+            continue
         if findings:
             excluded[unit] = "uses a built-in the assignment forbids: " + "; ".join(findings)[:200]
     for unit, needs in STUDENT_DEPENDENCIES.items():

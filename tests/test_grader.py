@@ -98,3 +98,11 @@ def test_worker_groups_never_hold_the_reference_of_a_unit_they_grade():
         for unit in units:
             assert not set(grade.REFERENCE_DEPENDENCIES.get(unit, ())) & set(units)
     assert sorted(u for _, units in grade.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
+
+
+def test_a_syntax_error_costs_its_unit_with_that_reason(tmp_path):
+    code = reference.unit_source("dot_product_attention").replace("attn, attn_weights = None, None",
+                                                                  "attn, attn_weights = None None")
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"dot_product_attention": code}))
+    assert lost(result) == all_tests_of("dot_product_attention")
+    assert all("syntax error (line" in t.reason for t in result.tests if t.unit == "dot_product_attention")
