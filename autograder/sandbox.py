@@ -300,7 +300,7 @@ def _tasks_of_uid(uid: int) -> int:
 
 
 class _Cgroups:
-    """A per-run cgroup (v1) in the pids and memory controllers, when they are writable.
+    """A per-run cgroup (v1) in the pids, memory and cpu controllers, when they are writable.
 
     Created below this process's own cgroup; the child moves itself in before exec, so every
     task it starts is counted. ``kill_all`` kills whatever is still inside, ``cleanup``
@@ -317,6 +317,9 @@ class _Cgroups:
             # memsw (memory + swap) as well, where swap accounting exists, so swap is no way out.
             "memory": [("memory.limit_in_bytes", limits.memory_bytes),
                        ("memory.memsw.limit_in_bytes", limits.memory_bytes)],
+            # One scheduling group per run: a worker with 64 spinning processes gets the same
+            # CPU share as a worker with one, so it cannot starve the workers beside it.
+            "cpu": [("cpu.shares", 1024)],
         }
         for controller, values in settings.items():
             try:
