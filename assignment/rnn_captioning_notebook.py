@@ -35,7 +35,9 @@
 #   and a unit that uses one scores zero.
 # * Only your solution cells are graded, each on its own, on hidden inputs, in a fresh
 #   process. The provided cells are taken from the original assignment, so changes to them
-#   are ignored. Your functions must not rely on variables defined elsewhere in the notebook.
+#   are ignored. Your code may call the functions this notebook says it may (for example
+#   `rnn_step_forward` inside `rnn_forward`, or `lstm_gates`), but must not rely on any other
+#   variable defined elsewhere in the notebook.
 #
 # After each part, a cell of **visible checks** runs your code on fixed inputs and prints
 # PASS or FAIL with the relative error against the expected values. Passing them is a good
@@ -194,8 +196,9 @@ with visible_check("rnn_step_backward"):
 #
 # `rnn_forward` runs the RNN over a sequence $x$ of shape (N, T, D), starting from $h_0$, and
 # returns every hidden state, (N, T, H). A loop over time is unavoidable (each step needs the
-# previous one), but nothing else needs a loop. Hint: the input projection $x_t W_x$ does not
-# depend on $h$.
+# previous one), but nothing else needs a loop. You may call your `rnn_step_forward` (and, in
+# `rnn_backward`, your `rnn_step_backward`). Hint: the input projection $x_t W_x$ does not
+# depend on $h$, so it can be computed for all timesteps at once.
 
 # %% [unit] rnn_forward
 

@@ -26,7 +26,7 @@ POINTS_FILE = Path(__file__).with_name("points.toml")
 FORWARD_TOL = 1e-6
 NUMERIC_TOL = 1e-5
 NUMERIC_STEP = 1e-6
-CAPTION_MODEL = dict(wordvec_dim=16, hidden_dim=12, max_length=6)
+CAPTION_MODEL = dict(wordvec_dim=16, hidden_dim=12, max_length=8)
 
 
 def load_points() -> dict[str, dict[str, int]]:
@@ -172,20 +172,66 @@ class CaptionerFixture:
         cell_type = test.split("_", 1)[1]
         options = dict(word_to_idx=self.word_to_idx, cell_type=cell_type,
                        ignore_index=self.word_to_idx["<NULL>"], **CAPTION_MODEL)
-        # The reference model's own weights, drawn from the test's seed.
-        torch.manual_seed(int(d.randint(2**31, 1)))
+        n_images = 3
+        picks = torch.randperm(len(self.coco["val_captions"]), generator=d.g)[:n_images]
+        images = self.coco["val_images"][self.coco["val_image_idxs"][picks]]
+        model_seed = int(d.randint(2**31, 1))
+        if test.startswith("sample_"):
+            model = self._model_whose_captions_end(cell_type, model_seed, images, options)
+        else:
+            model = self._model(cell_type, model_seed)
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
+        inputs = {f"state.{k}": v.clone() for k, v in state.items()}
+        inputs["images"] = images
+        if test.startswith("loss_"):
+            inputs["captions"] = self.coco["val_captions"][picks]
+        return [(f"N={n_images} COCO val images", inputs)], options
+
+    def _model(self, cell_type: str, seed: int):
+        """The reference captioner with weights drawn from seed and the shared encoder."""
+        torch.manual_seed(seed)
         model = reference.CaptioningRNN(
             self.word_to_idx, wordvec_dim=CAPTION_MODEL["wordvec_dim"],
             hidden_dim=CAPTION_MODEL["hidden_dim"], cell_type=cell_type,
             image_encoder_pretrained=False).double()
-        state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
-        n_images = 3 if test.startswith("loss_") else 2
-        picks = torch.randperm(len(self.coco["val_captions"]), generator=d.g)[:n_images]
-        inputs = {f"state.{k}": v.clone() for k, v in state.items()}
-        inputs["images"] = self.coco["val_images"][self.coco["val_image_idxs"][picks]]
-        if test.startswith("loss_"):
-            inputs["captions"] = self.coco["val_captions"][picks]
-        return [(f"N={n_images} COCO val images", inputs)], options
+        model.load_state_dict({**model.state_dict(), **self.encoder_state})
+        return model
+
+    def _model_whose_captions_end(self, cell_type: str, seed: int, images, options):
+        """A model whose greedy captions end with <END> after at least one word.
+
+        Random weights almost never produce <END>, and then what sample does after a caption
+        ends (write <NULL>, zero attention) would go untested. The bias of <END> is raised,
+        by bisection, to just where a first <END> appears; weights are drawn again until
+        that <END> is not the first word.
+        """
+        end, max_length = self.word_to_idx["<END>"], options["max_length"]
+        features = None
+        for attempt in range(10):
+            model = self._model(cell_type, seed + attempt)
+            if features is None:
+                features = model.image_encoder(images)
+
+            def first_end(extra):
+                with torch.no_grad():
+                    model.output_projection.bias[end] += extra
+                    out = model.sample(features, max_length=max_length)
+                    model.output_projection.bias[end] -= extra
+                captions = out[0] if isinstance(out, tuple) else out
+                positions = (captions == end).nonzero()[:, 1]
+                return int(positions.min()) if len(positions) else None
+
+            low, high = 0.0, 50.0
+            if first_end(high) is None:
+                continue
+            for _ in range(30):
+                middle = (low + high) / 2
+                low, high = (low, middle) if first_end(middle) is not None else (middle, high)
+            if 1 <= first_end(high) < max_length - 1:
+                with torch.no_grad():
+                    model.output_projection.bias[end] += high
+                return model
+        return model
 
 
 # ---------------------------------------------------------------------------------------

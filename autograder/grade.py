@@ -45,6 +45,10 @@ UNITS = tuple(reference_source.graded_units())
 # The student's own code of these units runs with the unit (a backward pass needs the
 # cache its own forward pass made).
 STUDENT_DEPENDENCIES = {"rnn_step_backward": ("rnn_step_forward",), "rnn_backward": ("rnn_forward",)}
+# The student's code of these units runs with the unit when it can run at all: the usual
+# CS231n way writes the sequence functions with calls to the step functions.
+STUDENT_HELPERS = {"rnn_forward": ("rnn_step_forward",),
+                   "rnn_backward": ("rnn_step_forward", "rnn_step_backward")}
 # The reference code of these units runs with the unit, so that their bugs cost nothing here.
 REFERENCE_DEPENDENCIES = {
     "AttentionLSTM": ("LSTM", "dot_product_attention"),
@@ -123,8 +127,16 @@ def _preamble() -> str:
     return imports + "\n\n" + "\n\n\n".join(definitions[n] for n in reference_source.provided_names())
 
 
-def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests, device: str) -> None:
-    """Write everything one worker needs into job_dir."""
+def student_code_for(unit: str, runnable: set[str]) -> list[str]:
+    """The units whose student code runs with unit, in notebook order, unit last."""
+    wanted = set(STUDENT_DEPENDENCIES.get(unit, ())) | {
+        helper for helper in STUDENT_HELPERS.get(unit, ()) if helper in runnable}
+    return [u for u in UNITS if u in wanted and u != unit] + [unit]
+
+
+def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests, device: str,
+              runnable: set[str]) -> None:
+    """Write everything one worker needs into job_dir (runnable: the units whose cells may run)."""
     code_dir = job_dir / "code"
     code_dir.mkdir(parents=True)
     for name in WORKER_FILES:
@@ -137,7 +149,7 @@ def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], test
             path = code_dir / f"reference_{dependency}.py"
             path.write_text(reference_source.unit_source(dependency))
             code.append({"file": f"code/{path.name}", "name": f"provided {dependency}"})
-        for dependency in (*STUDENT_DEPENDENCIES.get(unit, ()), unit):
+        for dependency in student_code_for(unit, runnable):
             path = code_dir / f"student_{dependency}.py"
             path.write_text(cells[dependency])
             code.append({"file": f"code/{path.name}", "name": dependency})
@@ -337,14 +349,15 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
     results = []
     with tempfile.TemporaryDirectory(prefix="captioning-grade-") as scratch:
         jobs = {}
+        runnable = {u for u in UNITS if u not in excluded}
         for group, units in WORKER_GROUPS:
-            runnable = tuple(u for u in units if u not in excluded)
+            to_run = tuple(u for u in units if u in runnable)
             out_dir = Path(scratch) / f"out_{group}"
             out_dir.mkdir()
-            if runnable:
+            if to_run:
                 job_dir = Path(scratch) / f"job_{group}"
-                stage_job(job_dir, runnable, cells, tests, device)
-                jobs[group] = (job_dir, out_dir, runnable)
+                stage_job(job_dir, to_run, cells, tests, device, runnable)
+                jobs[group] = (job_dir, out_dir, to_run)
         # The workers run side by side; each is bounded by its own wall clock, so none can
         # hold up the others for longer than that.
         with ThreadPoolExecutor(max_workers=len(WORKER_GROUPS)) as pool:

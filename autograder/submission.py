@@ -32,7 +32,8 @@ def read_solution_cells(path: Path, units) -> tuple[dict[str, str], list[str]]:
         raise SubmissionError(f"{path.name} is {size / 2**20:.0f} MB; the limit is "
                               f"{MAX_NOTEBOOK_BYTES >> 20} MB (clear the outputs and submit again)")
     try:
-        notebook = nbformat.reads(path.read_bytes().decode("utf-8-sig")  # some editors write a byte-order mark, as_version=4)
+        # Some editors write a byte-order mark; utf-8-sig drops it.
+        notebook = nbformat.reads(path.read_bytes().decode("utf-8-sig"), as_version=4)
     except (UnicodeDecodeError, json.JSONDecodeError, nbformat.reader.NotJSONError) as exc:
         raise SubmissionError(f"{path.name} is not a Jupyter notebook ({type(exc).__name__})") from None
     except Exception as exc:  # nbformat's own validation and version errors

@@ -1,0 +1,30 @@
+"""Every buggy submission of the catalogue loses exactly the points of the tests it breaks."""
+
+import pytest
+
+from catalogue.buggy import BUGS, MISSED
+from grading import failures, grade_notebook, lost, write_submission
+
+
+def _param(bug):
+    marks = [pytest.mark.xfail(strict=True, reason=MISSED[bug.id])] if bug.id in MISSED else []
+    return pytest.param(bug, id=bug.id, marks=marks)
+
+
+def test_the_catalogue_is_well_formed():
+    assert len({bug.id for bug in BUGS}) == len(BUGS) >= 27
+    for bug in BUGS:
+        assert bug.why and bug.loses, bug.id
+        assert all(unit == bug.unit or (unit, bug.unit) in _USES_ITS_CODE for unit, _ in bug.loses), bug.id
+        bug.unit_code()  # every replacement applies exactly as often as it says
+    assert set(MISSED) <= {bug.id for bug in BUGS}
+
+
+# (unit graded, unit whose student code it runs): a backward test runs the student's forward.
+_USES_ITS_CODE = {("rnn_step_backward", "rnn_step_forward"), ("rnn_backward", "rnn_forward")}
+
+
+@pytest.mark.parametrize("bug", [_param(bug) for bug in BUGS])
+def test_a_buggy_submission_loses_exactly_the_tests_it_breaks(bug, tmp_path):
+    result = grade_notebook(write_submission(tmp_path / f"{bug.id}.ipynb", bug.submission()))
+    assert lost(result) == bug.loses, f"{bug.why}\n{failures(result)}"
