@@ -127,11 +127,24 @@ def _preamble() -> str:
     return imports + "\n\n" + "\n\n\n".join(definitions[n] for n in reference_source.provided_names())
 
 
-def student_code_for(unit: str, runnable: set[str]) -> list[str]:
-    """The units whose student code runs with unit, in notebook order, unit last."""
-    wanted = set(STUDENT_DEPENDENCIES.get(unit, ())) | {
-        helper for helper in STUDENT_HELPERS.get(unit, ()) if helper in runnable}
-    return [u for u in UNITS if u in wanted and u != unit] + [unit]
+def names_used(code: str) -> set[str]:
+    """Every name the code reads (it parses: cells that do not were excluded before)."""
+    return {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
+
+
+def student_code_for(unit: str, cells: dict[str, str], runnable: set[str]) -> list[str]:
+    """The units whose student code runs with unit, in notebook order, unit last.
+
+    A helper unit joins only when the unit's code calls it, so that a broken helper cell
+    costs nothing to a unit that does not use it.
+    """
+    wanted = {unit, *STUDENT_DEPENDENCIES.get(unit, ())}
+    while True:  # a helper's own calls count too (rnn_forward's call of rnn_step_forward)
+        used = set().union(*(names_used(cells[u]) for u in wanted))
+        more = {h for h in STUDENT_HELPERS.get(unit, ()) if h in runnable and h in used} - wanted
+        if not more:
+            return [u for u in UNITS if u in wanted and u != unit] + [unit]
+        wanted |= more
 
 
 def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests, device: str,
@@ -149,7 +162,7 @@ def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], test
             path = code_dir / f"reference_{dependency}.py"
             path.write_text(reference_source.unit_source(dependency))
             code.append({"file": f"code/{path.name}", "name": f"provided {dependency}"})
-        for dependency in student_code_for(unit, runnable):
+        for dependency in student_code_for(unit, cells, runnable):
             path = code_dir / f"student_{dependency}.py"
             path.write_text(cells[dependency])
             code.append({"file": f"code/{path.name}", "name": dependency})
