@@ -12,12 +12,15 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), all in float64, TF32 off
 * sampled captions: identical; attention weights of sampling: below 1e-6.
 """
 
+import contextlib
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from autograder import runners
 from solution import captioning as reference
@@ -160,9 +163,12 @@ class CaptionerFixture:
     def __init__(self, coco: dict):
         self.coco = coco
         self.word_to_idx = coco["vocab"]["token_to_idx"]
+        # torchvision's own initialisation, seeded: features of a sensible scale, so that
+        # the image really shapes h0 (weights drawn otherwise saturated every tanh).
         torch.manual_seed(0)
         encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
         self.encoder_state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
+        self._bases = {}  # cell type -> a reference captioner whose weights get redrawn
 
     def encoder_state_inputs(self) -> dict[str, torch.Tensor]:
         """The encoder's weights as runner inputs; the worker gets them once, as "shared/"."""
@@ -188,13 +194,26 @@ class CaptionerFixture:
         return [(f"N={n_images} COCO val images", inputs)], options
 
     def _model(self, cell_type: str, seed: int):
-        """The reference captioner with weights drawn from seed and the shared encoder."""
-        torch.manual_seed(seed)
-        model = reference.CaptioningRNN(
-            self.word_to_idx, wordvec_dim=CAPTION_MODEL["wordvec_dim"],
-            hidden_dim=CAPTION_MODEL["hidden_dim"], cell_type=cell_type,
-            image_encoder_pretrained=False).double()
-        model.load_state_dict({**model.state_dict(), **self.encoder_state})
+        """The reference captioner with the shared encoder and other weights drawn from seed.
+
+        One model per cell type is built (a RegNet costs 0.1 s to build) and its trainable
+        weights are drawn again for each test, each scaled by 1/sqrt(its input size).
+        """
+        if cell_type not in self._bases:
+            with _no_initialisation():  # every weight is set below
+                model = reference.CaptioningRNN(
+                    self.word_to_idx, wordvec_dim=CAPTION_MODEL["wordvec_dim"],
+                    hidden_dim=CAPTION_MODEL["hidden_dim"], cell_type=cell_type,
+                    image_encoder_pretrained=False).double()
+            model.load_state_dict({**model.state_dict(), **self.encoder_state})
+            self._bases[cell_type] = model
+        model = self._bases[cell_type]
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if not name.startswith("image_encoder."):
+                    fan_in = param.shape[-1] if name.endswith("weight") else param.shape[0]
+                    param.copy_(torch.randn(param.shape, generator=g, dtype=param.dtype) / math.sqrt(fan_in))
         return model
 
     def _model_whose_captions_end(self, cell_type: str, seed: int, images, options):
@@ -232,6 +251,20 @@ class CaptionerFixture:
                     model.output_projection.bias[end] += high
                 return model
         return model
+
+
+@contextlib.contextmanager
+def _no_initialisation():
+    """torch.nn.init does nothing inside: for modules whose every weight is set afterwards."""
+    names = ("kaiming_uniform_", "kaiming_normal_", "normal_", "uniform_", "zeros_", "ones_", "constant_")
+    originals = {name: getattr(nn.init, name) for name in names}
+    for name in names:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(nn.init, name, function)
 
 
 # ---------------------------------------------------------------------------------------
