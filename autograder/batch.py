@@ -100,9 +100,12 @@ def find_submissions(course_dir: Path) -> list[tuple[str, Path]]:
 _state = {}
 
 
-def _init_process(data: str, device: str, allow_unsandboxed: bool) -> None:
+def _init_process(data: str, device: str, allow_unsandboxed: bool, threads: int) -> None:
     import torch
 
+    # JOBS processes each with a thread per core would oversubscribe the CPUs, and OpenMP's
+    # spinning threads then slow everything down (JOBS=2 was slower than JOBS=1 here).
+    torch.set_num_threads(threads)
     coco = torch.load(data, weights_only=True)
     _state.update(coco=coco, fixture=checks.CaptionerFixture(coco), device=device,
                   allow_unsandboxed=allow_unsandboxed)
@@ -141,7 +144,8 @@ def grade_class(course_dir: Path, *, jobs: int = 1, data: Path, device: str = "c
 
     if todo:
         _grade_in_parallel(todo, store, outcomes, jobs=jobs, progress=progress,
-                           initargs=(str(data), device, allow_unsandboxed))
+                           initargs=(str(data), device, allow_unsandboxed,
+                                     max(1, (os.cpu_count() or 1) // max(1, jobs))))
     write_class_csv(Path(course_dir) / CLASS_CSV, outcomes)
     return outcomes
 
