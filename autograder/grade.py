@@ -147,8 +147,8 @@ def student_code_for(unit: str, cells: dict[str, str], runnable: set[str]) -> li
         wanted |= more
 
 
-def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests, device: str,
-              runnable: set[str]) -> None:
+def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests,
+              fixture: checks.CaptionerFixture, device: str, runnable: set[str]) -> None:
     """Write everything one worker needs into job_dir (runnable: the units whose cells may run)."""
     code_dir = job_dir / "code"
     code_dir.mkdir(parents=True)
@@ -176,7 +176,7 @@ def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], test
                 for name, value in case.inputs.items():
                     arrays[f"{unit}/{test.name}/{index}/{name}"] = value.numpy()
         if unit == "CaptioningRNN":
-            for name, value in tests.fixture.encoder_state_inputs().items():
+            for name, value in fixture.encoder_state_inputs().items():
                 arrays[f"{unit}/shared/{name}"] = value.numpy()
         job_units.append({"unit": unit, "code": code, "tests": unit_tests})
     np.savez(job_dir / "inputs.npz", **arrays)
@@ -287,12 +287,6 @@ def score_unit(unit: str, tests, out_dir: Path, run) -> list[TestResult]:
 # ---------------------------------------------------------------------------------------
 
 
-class _Tests(list):
-    """The built tests, with the captioner fixture they share."""
-
-    fixture: checks.CaptionerFixture
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -357,8 +351,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
                 excluded[unit] = f"needs your {need} (for its cache), which cannot run: {excluded[need]}"
 
     fixture = fixture or checks.CaptionerFixture(coco)
-    tests = _Tests(checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture))
-    tests.fixture = fixture
+    tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture)
     results = []
     with tempfile.TemporaryDirectory(prefix="captioning-grade-") as scratch:
         jobs = {}
@@ -369,7 +362,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
             out_dir.mkdir()
             if to_run:
                 job_dir = Path(scratch) / f"job_{group}"
-                stage_job(job_dir, to_run, cells, tests, device, runnable)
+                stage_job(job_dir, to_run, cells, tests, fixture, device, runnable)
                 jobs[group] = (job_dir, out_dir, to_run)
         # The workers run side by side; each is bounded by its own wall clock, so none can
         # hold up the others for longer than that.
