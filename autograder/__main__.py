@@ -14,6 +14,7 @@ in Gradescope's schema. Exit status 0 whenever a result was recorded, whatever t
 import argparse
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,21 +52,36 @@ def main(argv=None) -> int:
     if args.command == "batch":
         return run_batch(args)
 
-    import torch
+    return run_grade(args)
 
-    from autograder.grade import GraderError, grade, table, write_results
 
+def run_grade(args) -> int:
+    from autograder import sandbox
+    from autograder.workers import Workers
+
+    # The sandbox starts first: its torch import runs beside this process's own.
+    workers = None
+    if sandbox.sandbox_status()[0] or args.allow_unsandboxed:
+        workers = Workers(args.allow_unsandboxed)
     try:
-        coco = torch.load(args.data, weights_only=True)
-        result = grade(args.notebook, coco=coco, device=args.device,
-                       allow_unsandboxed=args.allow_unsandboxed)
-        write_results(result, args.results)
-    except GraderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: cannot write {args.results}: {exc.strerror}", file=sys.stderr)
-        return 2
+        import torch
+
+        from autograder.grade import GraderError, grade, table, write_results
+
+        try:
+            coco = torch.load(args.data, weights_only=True)
+            result = grade(args.notebook, coco=coco, device=args.device,
+                           allow_unsandboxed=args.allow_unsandboxed, workers=workers)
+            write_results(result, args.results)
+        except GraderError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: cannot write {args.results}: {exc.strerror}", file=sys.stderr)
+            return 2
+    finally:
+        if workers is not None:
+            workers.close()
     print(table(result))
     print(f"results written to {args.results}")
     return 0
@@ -103,5 +119,13 @@ def run_batch(args) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown, which takes about a second once torch and
+    torchvision are loaded; everything this command writes is written and closed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,16 +1,19 @@
-"""Grading one submission: read its cells, run them in sandboxed workers, score the outputs.
+"""Grading one submission: read its cells, run them in a sandboxed worker, score the outputs.
 
 The data flow, and who can touch what:
 
-    submission.ipynb --(solution cells only)--> job dir (read-only in the sandbox):
-        worker.py, runners.py, forbidden.py, job.json, inputs.npz (hidden inputs),
-        code/*.py (provided code, the reference of OTHER units, the student's cells)
-    worker (sandbox) --> out dir: <unit>.npz outputs, <unit>.json errors   (untrusted data)
+    submission.ipynb --(solution cells only)--> one job per worker group, each an .npz sent
+        down its own pipe: job.json (provided code, the reference of OTHER units, the
+        student's cells, the tests) and the hidden inputs
+    worker (sandbox: worker.py, runners.py, forbidden.py, read-only) --> out/<group>/:
+        <unit>.npz outputs, <unit>.json errors   (untrusted data)
     grader (this process) --> reference outputs (computed here), comparison, results.json
 
-Units run in three workers, so that no sandbox ever holds the reference code of a unit
-whose student code runs in it: the units that need no other unit's code; AttentionLSTM
-(needs the reference LSTM gates and attention); CaptioningRNN (needs every other unit).
+The sandbox starts first, so that its torch import overlaps with the grader building the
+hidden tests. Units run in three groups, each a separate non-dumpable process that cannot
+read the others' memory, so that no student code ever runs beside the reference code of its
+own unit: the units that need no other unit's code; AttentionLSTM (needs the reference LSTM
+gates and attention); CaptioningRNN (needs every other unit).
 """
 
 import ast
@@ -20,11 +23,8 @@ import json
 import os
 import re
 import secrets
-import shutil
 import stat
-import tempfile
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,33 +32,14 @@ import numpy as np
 import torch
 
 from autograder import checks, forbidden, sandbox
+from autograder.workers import (REFERENCE_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS,
+                                UNIT_TIMEOUT_SECONDS, UNITS, WORKER_GROUPS, Workers)
 from autograder.submission import SubmissionError, read_solution_cells
 from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
-WORKER_FILES = ("worker.py", "runners.py", "forbidden.py")
 SECRET_FILE = AUTOGRADER_DIR / ".grader_secret"
-UNIT_TIMEOUT_SECONDS = 30
 MAX_OUTPUT_BYTES = 256 << 20  # uncompressed size of a worker's outputs.npz
-
-UNITS = tuple(reference_source.graded_units())
-# The student's own code of these units runs with the unit (a backward pass needs the
-# cache its own forward pass made).
-STUDENT_DEPENDENCIES = {"rnn_step_backward": ("rnn_step_forward",), "rnn_backward": ("rnn_forward",)}
-# The student's code of these units runs with the unit when it can run at all: the usual
-# CS231n way writes the sequence functions with calls to the step functions.
-STUDENT_HELPERS = {"rnn_forward": ("rnn_step_forward",),
-                   "rnn_backward": ("rnn_step_forward", "rnn_step_backward")}
-# The reference code of these units runs with the unit, so that their bugs cost nothing here.
-REFERENCE_DEPENDENCIES = {
-    "AttentionLSTM": ("LSTM", "dot_product_attention"),
-    "CaptioningRNN": tuple(u for u in UNITS if u != "CaptioningRNN"),
-}
-WORKER_GROUPS = (
-    ("units", tuple(u for u in UNITS if u not in REFERENCE_DEPENDENCIES)),
-    ("attention_lstm", ("AttentionLSTM",)),
-    ("captioner", ("CaptioningRNN",)),
-)
 
 
 @dataclass
@@ -147,25 +128,18 @@ def student_code_for(unit: str, cells: dict[str, str], runnable: set[str]) -> li
         wanted |= more
 
 
-def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], tests,
-              fixture: checks.CaptionerFixture, device: str, runnable: set[str]) -> None:
-    """Write everything one worker needs into job_dir (runnable: the units whose cells may run)."""
-    code_dir = job_dir / "code"
-    code_dir.mkdir(parents=True)
-    for name in WORKER_FILES:
-        shutil.copy(AUTOGRADER_DIR / name, job_dir / name)
-    (code_dir / "provided.py").write_text(_preamble())
+def job_blob(units: tuple[str, ...], cells: dict[str, str], tests,
+             fixture: checks.CaptionerFixture, device: str, runnable: set[str]) -> bytes:
+    """Everything one worker group needs, as one .npz: job.json (code and tests) and the
+    hidden inputs (runnable: the units whose cells may run)."""
     job_units, arrays = [], {}
     for unit in units:
-        code = [{"file": "code/provided.py", "name": "provided code"}]
+        code = [{"name": "provided code", "source": _preamble()}]
         for dependency in REFERENCE_DEPENDENCIES.get(unit, ()):
-            path = code_dir / f"reference_{dependency}.py"
-            path.write_text(reference_source.unit_source(dependency))
-            code.append({"file": f"code/{path.name}", "name": f"provided {dependency}"})
+            code.append({"name": f"provided {dependency}",
+                         "source": reference_source.unit_source(dependency)})
         for dependency in student_code_for(unit, cells, runnable):
-            path = code_dir / f"student_{dependency}.py"
-            path.write_text(cells[dependency])
-            code.append({"file": f"code/{path.name}", "name": dependency})
+            code.append({"name": dependency, "source": cells[dependency]})
         unit_tests = []
         for test in (t for t in tests if t.unit == unit):
             entry = {"test": test.name, "cases": len(test.cases)}
@@ -179,9 +153,11 @@ def stage_job(job_dir: Path, units: tuple[str, ...], cells: dict[str, str], test
             for name, value in fixture.encoder_state_inputs().items():
                 arrays[f"{unit}/shared/{name}"] = value.numpy()
         job_units.append({"unit": unit, "code": code, "tests": unit_tests})
-    np.savez(job_dir / "inputs.npz", **arrays)
     job = {"device": device, "unit_timeout": UNIT_TIMEOUT_SECONDS, "units": job_units}
-    (job_dir / "job.json").write_text(json.dumps(job))
+    arrays["job.json"] = np.frombuffer(json.dumps(job).encode(), dtype=np.uint8)
+    blob = io.BytesIO()
+    np.savez(blob, **arrays)
+    return blob.getvalue()
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,6 +225,8 @@ def _worker_problem(unit: str, out_dir: Path, run: sandbox.SandboxResult | None)
         return f"stopped after the time limit of {UNIT_TIMEOUT_SECONDS} s (an endless loop?)"
     if ended.get("ended") == "killed":
         return f"your code was killed (signal {clean_reason(ended.get('signal'))}; out of memory?)"
+    if ended.get("ended") == "not started":
+        return "could not start: the sandbox's process limit stayed full (a fork bomb in another unit?)"
     if ended.get("ended") == "exited":
         return f"your code ended the process (exit status {clean_reason(ended.get('code'))}) before any result"
     if run is not None and run.killed_reason:
@@ -300,19 +278,22 @@ def zero_result(points, reason: str, notes=None, mode="", device="cpu") -> Grade
     return GradeResult(tests, notes or [], mode, device)
 
 
-def _run_job(job_dir: Path, out_dir: Path, units: tuple[str, ...], allow_unsandboxed: bool):
-    """One worker over the staged job, under the sandbox and limits sized for its units."""
-    seconds = UNIT_TIMEOUT_SECONDS * len(units) + 30
-    limits = sandbox.Limits(wall_seconds=seconds, cpu_seconds=seconds, memory_bytes=4 << 30,
-                            output_bytes=64 << 10)
-    return sandbox.run_worker([str(job_dir / "worker.py"), str(job_dir), str(out_dir)],
-                              workdir=out_dir, readonly_dirs=[job_dir], limits=limits,
-                              allow_unsandboxed=allow_unsandboxed)
-
-
 def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed: bool = False,
-          fixture: checks.CaptionerFixture | None = None, secret: bytes | None = None) -> GradeResult:
-    """Grade one submitted notebook. Raises GraderError only when the grader cannot work."""
+          fixture: checks.CaptionerFixture | None = None, secret: bytes | None = None,
+          workers: Workers | None = None) -> GradeResult:
+    """Grade one submitted notebook. Raises GraderError only when the grader cannot work.
+
+    workers: a sandbox started beforehand (so that its start-up overlaps with the caller's
+    own); grade() uses it or starts one, and closes it either way.
+    """
+    try:
+        return _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) -> GradeResult:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = resolve_device(device)
@@ -350,31 +331,32 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
             if need in excluded and unit not in excluded:
                 excluded[unit] = f"needs your {need} (for its cache), which cannot run: {excluded[need]}"
 
-    fixture = fixture or checks.CaptionerFixture(coco)
-    tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="captioning-grade-") as scratch:
-        jobs = {}
-        runnable = {u for u in UNITS if u not in excluded}
-        for group, units in WORKER_GROUPS:
-            to_run = tuple(u for u in units if u in runnable)
-            out_dir = Path(scratch) / f"out_{group}"
-            out_dir.mkdir()
-            if to_run:
-                job_dir = Path(scratch) / f"job_{group}"
-                stage_job(job_dir, to_run, cells, tests, fixture, device, runnable)
-                jobs[group] = (job_dir, out_dir, to_run)
-        # The workers run side by side; each is bounded by its own wall clock, so none can
-        # hold up the others for longer than that.
-        with ThreadPoolExecutor(max_workers=len(WORKER_GROUPS)) as pool:
-            runs = {group: pool.submit(_run_job, *job, allow_unsandboxed) for group, job in jobs.items()}
-            runs = {group: future.result() for group, future in runs.items()}
+    runnable = {u for u in UNITS if u not in excluded}
+    own_workers = None
+    if workers is None and runnable:
+        workers = own_workers = Workers(allow_unsandboxed)
+    try:
+        run = None
+        try:
+            fixture = fixture or checks.CaptionerFixture(coco)
+            tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture)
+            for group, units in WORKER_GROUPS:
+                to_run = tuple(u for u in units if u in runnable)
+                if to_run:  # a group sent nothing ends at once
+                    workers.send(group, job_blob(to_run, cells, tests, fixture, device, runnable))
+        finally:
+            if workers is not None:
+                run = workers.wait()
+        results = []
         for group, units in WORKER_GROUPS:
             for unit in units:
                 if unit in excluded:
                     results += [TestResult(unit, t.name, 0, t.points, excluded[unit]) for t in tests if t.unit == unit]
                 else:
-                    results += score_unit(unit, tests, Path(scratch) / f"out_{group}", runs.get(group))
+                    results += score_unit(unit, tests, workers.out_dir(group), run)
+    finally:
+        if own_workers is not None:
+            own_workers.close()
     order = {(u, t): i for i, (u, t) in enumerate((u, t) for u, ts in points.items() for t in ts)}
     results.sort(key=lambda r: order[(r.unit, r.test)])
     return GradeResult(results, notes, mode, device)

@@ -135,14 +135,36 @@ def sandbox_status() -> tuple[bool, str]:
 
 def run_worker(argv: list[str], *, workdir: Path, readonly_dirs: list[Path],
                limits: Limits = Limits(), allow_unsandboxed: bool = False,
-               env: dict[str, str] | None = None, python: Path | None = None) -> SandboxResult:
+               env: dict[str, str] | None = None, python: Path | None = None,
+               pass_fds: tuple[int, ...] = ()) -> SandboxResult:
     """Run ``python argv...`` in ``workdir`` under the sandbox and the limits; wait for it.
 
     ``readonly_dirs`` (the staged worker code) and ``workdir`` (read-write, for results) are
     the only parts of the filesystem visible besides the system and Python directories.
     ``env`` adds to or overrides the minimal environment (see ``_worker_env``).
+    ``pass_fds`` stay open, with their numbers, in the worker; this function closes them
+    here once the worker has started (or failed to), so that a writer at the other end of
+    a pipe gets EPIPE rather than blocking when the worker ends.
     Raises SandboxUnavailable when bwrap cannot run and ``allow_unsandboxed`` is False.
     """
+    open_fds = list(pass_fds)
+
+    def close_passed_fds():  # once only: a number closed twice may meanwhile be another file's
+        while open_fds:
+            try:
+                os.close(open_fds.pop())
+            except OSError:
+                pass
+
+    try:
+        return _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, python,
+                           tuple(pass_fds), close_passed_fds)
+    finally:
+        close_passed_fds()
+
+
+def _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, python, pass_fds,
+                on_start):
     workdir = _existing_dir(workdir)
     readonly_dirs = [_existing_dir(path) for path in readonly_dirs]
     python = Path(python or sys.executable).absolute()  # not resolved: a venv's python is a link
@@ -167,7 +189,8 @@ def run_worker(argv: list[str], *, workdir: Path, readonly_dirs: list[Path],
         result = _run(command, mode="bwrap" if ok else "unsandboxed", workdir=workdir,
                       limits=limits, cgroups=cgroups, rlimits=rlimits,
                       env=None if ok else _worker_env(python, env, home=str(workdir)),
-                      pass_fds=(status_write,) if ok else (), die_with_parent=not ok)
+                      pass_fds=((status_write,) if ok else ()) + tuple(pass_fds),
+                      die_with_parent=not ok, on_start=on_start)
         if ok:
             os.close(status_write)
             status_write = None
@@ -453,8 +476,10 @@ def _child_setup(rlimits, cgroup_procs_fds: list[int], die_with_parent: bool):
 
 
 def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroups: _Cgroups,
-         rlimits, env: dict[str, str] | None, pass_fds, die_with_parent: bool) -> SandboxResult:
-    """Start ``command`` in a new session, collect its output, enforce the wall clock."""
+         rlimits, env: dict[str, str] | None, pass_fds, die_with_parent: bool,
+         on_start=lambda: None) -> SandboxResult:
+    """Start ``command`` in a new session, collect its output, enforce the wall clock;
+    ``on_start`` runs once the process exists."""
     started = time.monotonic()
     deadline = started + limits.wall_seconds
     procs_fds = []
@@ -471,6 +496,7 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
     finally:
         for fd in procs_fds:
             os.close(fd)
+    on_start()
     cgroups.check_member(proc.pid)
     try:
         stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups)

@@ -354,9 +354,9 @@ for _root, _dirs, _files in os.walk("/"):
         continue
     _found += [os.path.join(_root, f) for f in _files if f in _names]
 _found += [k for k in os.environ if "SECRET" in k.upper() or "GRADER" in k.upper()]
-_job = os.path.dirname(os.path.abspath(sys.argv[0]))
+import gc
 import numpy as np
-with np.load(os.path.join(_job, "inputs.npz")) as _inputs:
+for _inputs in [o for o in gc.get_objects() if type(o) is np.lib.npyio.NpzFile]:
     _found += [k for k in _inputs.files if any(w in k for w in ("expected", "numeric", "reference", "answer"))]
 if _found:
     raise RuntimeError(f"LEAK: {_found[:5]}")
@@ -365,29 +365,28 @@ raise RuntimeError("probe: nothing found")
 
 
 def find_reference(unit: str, marker: str) -> str:
-    """A probe for the reference code of the unit it is the cell of: in the job's files, in
-    sys.modules, in gc, in the frames that called it. marker is a line of that reference."""
+    """A probe for the reference code of the unit it is the cell of: in the worker's files,
+    in sys.modules, in gc (the job), in the frames that called it. marker is a line of that
+    reference."""
     return f'''
 import gc, inspect, os, sys, types
 _unit, _marker = {unit!r}, {marker!r}
 _found = []
-_job = os.path.dirname(os.path.abspath(sys.argv[0]))
-_mine = os.path.join(_job, "code", "student_" + _unit + ".py")
-for _root, _dirs, _files in os.walk(_job):
+for _root, _dirs, _files in os.walk(os.path.dirname(os.path.abspath(sys.argv[0]))):
     for _f in _files:
         _path = os.path.join(_root, _f)
-        if _path != _mine and _marker.encode() in open(_path, "rb").read():
+        if _marker.encode() in open(_path, "rb").read():
             _found.append(_path)
 for _name, _module in list(sys.modules.items()):
     if isinstance(getattr(_module, "__dict__", None), dict) and _unit in _module.__dict__:
         _found.append("sys.modules " + _name)
-_own = open(_mine).read()
 for _obj in gc.get_objects():
     if isinstance(_obj, (types.FunctionType, type)) and _obj.__name__ == _unit:
         _found.append("gc " + repr(_obj))
     elif isinstance(_obj, (dict, list, tuple)):
         for _item in (_obj.values() if isinstance(_obj, dict) else _obj):
-            if isinstance(_item, str) and _marker in _item and _item not in (_own, _marker):
+            # This probe's own source holds the marker too (the job's copy of this cell).
+            if isinstance(_item, str) and _marker in _item and _item != _marker and "_unit, _marker =" not in _item:
                 _found.append("gc string")
 for _frame in inspect.stack():
     if _unit in _frame.frame.f_globals or _unit in _frame.frame.f_locals:
@@ -397,6 +396,50 @@ if _found:
 raise RuntimeError("probe: nothing found")
 '''
 
+
+# The reference LSTM's line, in the job of the attention_lstm and captioner groups, which run
+# beside this unit's group in the same sandbox. Built at run time, so that this cell's own
+# source (held by its group's process) does not contain it.
+READ_SIBLINGS = '''
+import os, time
+_marker = ("ifo, g = a.split([3 * H, H]" + ", dim=1)").encode()
+_found, _seen, _read = [], set(), set()
+_deadline = time.monotonic() + 10  # AttentionLSTM keeps its group alive for 8 s
+while time.monotonic() < _deadline and not _found:
+    for _pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+        _seen.add(_pid)
+        try:  # its memory, through /proc/PID/mem (the access check of ptrace attach)
+            with open(f"/proc/{_pid}/maps") as _maps, open(f"/proc/{_pid}/mem", "rb", 0) as _mem:
+                _read.add(_pid)
+                for _line in _maps:
+                    _range, _perms, *_rest = _line.split()
+                    _start, _end = (int(x, 16) for x in _range.split("-"))
+                    if "r" not in _perms or _rest[-1].startswith("/") or _end - _start > 1 << 30:
+                        continue  # file mappings (libraries) hold no job; the heap does
+                    try:
+                        _mem.seek(_start)
+                        if _marker in _mem.read(_end - _start):
+                            _found.append(f"/proc/{_pid}/mem")
+                    except (OSError, ValueError, OverflowError):
+                        pass
+        except OSError:
+            pass
+        try:  # its job pipe, through /proc/PID/fd
+            for _fd in os.listdir(f"/proc/{_pid}/fd"):
+                try:
+                    _f = os.open(f"/proc/{_pid}/fd/{_fd}", os.O_RDONLY | os.O_NONBLOCK)
+                    if _marker in os.read(_f, 1 << 24):
+                        _found.append(f"/proc/{_pid}/fd/{_fd}")
+                    os.close(_f)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.2)
+if _found:
+    raise RuntimeError(f"LEAK: {_found[:5]}")
+raise RuntimeError(f"probe: nothing found in {len(_seen)} other processes ({len(_read)} readable)")
+'''
 
 CHEAT_WHEN_GRADED = '''
 import os, socket
@@ -421,11 +464,17 @@ PROBES = Submission("probes", (
            find_reference("dot_product_attention", "scores = torch.bmm(prev_h.unsqueeze(1), A_flat)"),
            "zero", r"probe: nothing found"),
     Attack("AttentionLSTM", "looks for the reference AttentionLSTM (its sandbox holds the "
-           "reference LSTM and dot_product_attention)",
-           find_reference("AttentionLSTM", "attn.mm(self.Wattn) + self.b"), "zero", r"probe: nothing found"),
+           "reference LSTM and dot_product_attention), after 8 s of sleep: its group's process "
+           "holds the reference LSTM meanwhile, for the LSTM probe to look for",
+           "import time\ntime.sleep(8)\n" + find_reference("AttentionLSTM", "attn.mm(self.Wattn) + self.b"),
+           "zero", r"probe: nothing found"),
     Attack("CaptioningRNN", "looks for the reference CaptioningRNN (its sandbox holds every other "
            "unit's reference)", find_reference("CaptioningRNN", "class CaptioningRNN(nn.Module)"),
            "zero", r"probe: nothing found"),
+    Attack("LSTM", "reads the memory, the open files and the job pipes of the other processes "
+           "in its sandbox (/proc/PID/mem, /proc/PID/fd) for the reference LSTM that "
+           "the attention_lstm and captioner groups hold", READ_SIBLINGS, "zero",
+           r"probe: nothing found in [1-9]"),
     Attack("temporal_softmax_loss", "cheats only when the environment, hostname, uid or cwd say it "
            "is being graded", CHEAT_WHEN_GRADED, "zero", r"relative error|does not require grad"),
 ))
@@ -461,14 +510,14 @@ def rnn_step_backward(dnext_h, cache):
 
 
 def forge_outputs(unit: str, outputs: dict[str, str]) -> str:
-    """Code that writes <unit>.npz (zeros shaped like the named inputs) and <unit>.json
-    (no errors) into the worker's output directory (its cwd)."""
+    """Code that writes <unit>.npz (zeros shaped like the named inputs, found in the job
+    through gc) and <unit>.json (no errors) into the worker's output directory (its cwd)."""
     return f'''
 import json, os, sys
 import numpy as np
-_job = os.path.dirname(os.path.abspath(sys.argv[0]))
+import gc
 _forged = {{}}
-with np.load(os.path.join(_job, "inputs.npz")) as _inputs:
+for _inputs in [o for o in gc.get_objects() if type(o) is np.lib.npyio.NpzFile]:
     for _key in _inputs.files:
         if _key.startswith({unit + "/"!r}):
             _, _test, _case, _name = _key.split("/", 3)
