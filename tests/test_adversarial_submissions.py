@@ -2,7 +2,8 @@
 
 For every submission: the grader returns a result (no crash, no hang: a deadline), every
 attacked unit gets exactly the outcome its entry names (0 with a matching reason, or its
-full points), and every other unit keeps its points. Malformed files score 0 with a reason.
+full points), and every other unit keeps its points (or, beside an attack that kills its
+whole sandbox, loses them with that reason). Malformed files score 0 with a reason.
 """
 
 import contextlib
@@ -52,6 +53,9 @@ def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypat
         if t.unit in submission.omit:
             if t.score != 0 or "no solution cell" not in t.reason:
                 problems.append(f"{t.unit}.{t.test} (omitted): {t.score}/{t.max_score} {t.reason}")
+        elif attack is None and submission.others_may_lose:
+            if t.score not in (0, t.max_score) or (t.score == 0 and "ended early" not in t.reason):
+                problems.append(f"{t.unit}.{t.test} (honest, beside a sandbox killer): {t.score}/{t.max_score} {t.reason}")
         elif attack is None or attack.outcome == "full":
             if t.score != t.max_score:
                 who = f"attacked: {attack.what}" if attack else "honest"

@@ -52,6 +52,9 @@ class Submission:
     unit_timeout: int | None = None  # grade.UNIT_TIMEOUT_SECONDS for this grading
     outputs_mb: int = 0  # junk outputs added to the notebook's code cells (ignored by the grader)
     seconds: int = 240  # the grading must return within this (no hang)
+    # The attack may end the grading of the submission's other units too (never score them):
+    # those lose their points with a reason saying the grading process ended.
+    others_may_lose: bool = False
 
     def cells(self) -> dict[str, str]:
         return {a.unit: a.code for a in self.attacks}
@@ -252,13 +255,18 @@ PROCESS_ENDS = Submission("process-ends", (
            ref("dot_product_attention").replace('    attn, attn_weights = None, None\n',
                                                 '    attn, attn_weights = None, None\n    os.kill(os.getpid(), 9)\n'),
            "zero", r"signal 9"),
-    Attack("AttentionLSTM", "os.kill(-1, 9) at import: every process it can see",
-           "import os\nos.kill(-1, 9)\n" + reference.strip_solutions(ref("AttentionLSTM")), "zero",
-           r"ended early|killed|stopped|not written yet"),
     Attack("CaptioningRNN", "os._exit(0) in __init__", ref("CaptioningRNN").replace(
         "        super().__init__()\n", "        super().__init__()\n        os._exit(0)\n", 1),
         "zero", r"exit status 0"),
 ))
+
+# One sandbox grades the whole submission, its groups running as the same user: killing
+# every process it can see ends the submission's grading. Only its own units lose.
+KILLS_ITS_SANDBOX = Submission("kills-its-sandbox", (
+    Attack("AttentionLSTM", "os.kill(-1, 9) at import: every process it can see",
+           "import os\nos.kill(-1, 9)\n" + reference.strip_solutions(ref("AttentionLSTM")), "zero",
+           r"ended early|killed|stopped|not written yet"),
+), others_may_lose=True)
 
 # ---------------------------------------------------------------------------------------
 # 3. Resources: endless loop, memory, output, network, fork bomb
@@ -677,7 +685,7 @@ GRADER_INPUT_ATTACKS = Submission("grader-inputs", (
            "zero", r"cannot"),
 ))
 
-SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, RESOURCES, PROBES, WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
+SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, KILLS_ITS_SANDBOX, RESOURCES, PROBES, WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
 
 # ---------------------------------------------------------------------------------------
 # Files that are not notebooks
