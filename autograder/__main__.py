@@ -121,11 +121,14 @@ def run_batch(args) -> int:
 
 def exit_now(code: int) -> None:
     """Exit without the interpreter's teardown, which takes about a second once torch and
-    torchvision are loaded; everything this command writes is written and closed by now."""
+    torchvision are loaded; everything `grade` writes is written and closed by now."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    code = main()
+    if sys.argv[1:2] == ["grade"]:
+        exit_now(code)
+    sys.exit(code)  # batch: its process pool must shut down the usual way

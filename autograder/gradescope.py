@@ -27,6 +27,7 @@ SOURCE_FILES = [
     "autograder/__init__.py", "autograder/__main__.py", "autograder/checks.py",
     "autograder/forbidden.py", "autograder/grade.py", "autograder/runners.py",
     "autograder/sandbox.py", "autograder/submission.py", "autograder/worker.py",
+    "autograder/workers.py",
     "autograder/points.toml", "solution/__init__.py", "solution/captioning.py",
     "solution/source.py", "requirements.txt", "requirements.lock",
 ]

@@ -34,6 +34,8 @@ import forbidden
 import runners
 
 _MAX_ERROR_CHARS = 300
+MAX_JOB_BYTES = 1 << 30
+PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 3, 4, 36  # from <linux/prctl.h>
 
 
 def describe(exc: BaseException) -> str:
@@ -163,10 +165,6 @@ def warm_up(preload: list[str]) -> None:
     torch.autograd.grad(x * 2, [x], grad_outputs=torch.ones(2, dtype=torch.float64))
     for module in preload:
         importlib.import_module(module)
-
-
-PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 3, 4, 36
-MAX_JOB_BYTES = 1 << 30
 
 
 def prctl(option: int, value: int) -> int:

@@ -17,7 +17,7 @@ that the command line can start the sandbox before importing torch itself.
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 
 from autograder import sandbox
@@ -76,11 +76,20 @@ class Workers:
         seconds = UNIT_TIMEOUT_SECONDS * max(len(units) for _, units in WORKER_GROUPS) + 60
         limits = sandbox.Limits(wall_seconds=seconds, cpu_seconds=seconds, memory_bytes=4 << 30,
                                 max_processes=96, output_bytes=64 << 10)
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._run = self._pool.submit(
-            sandbox.run_worker, argv, workdir=self._scratch / "out", readonly_dirs=[worker_dir],
-            limits=limits, allow_unsandboxed=allow_unsandboxed, pass_fds=tuple(read_ends))
-        self._result = None
+        self._outcome = []  # [SandboxResult] or [exception], once the run has ended
+
+        def run():
+            try:
+                self._outcome.append(sandbox.run_worker(
+                    argv, workdir=self._scratch / "out", readonly_dirs=[worker_dir],
+                    limits=limits, allow_unsandboxed=allow_unsandboxed, pass_fds=tuple(read_ends)))
+            except BaseException as exc:
+                self._outcome.append(exc)
+
+        # A daemon thread: should this process end without wait() (Ctrl-C at the wrong
+        # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
+        self._thread = threading.Thread(target=run, name="sandbox", daemon=True)
+        self._thread.start()
 
     def out_dir(self, group: str) -> Path:
         return self._scratch / "out" / group
@@ -95,15 +104,12 @@ class Workers:
 
     def wait(self) -> sandbox.SandboxResult:
         """Close the pipes not sent (those groups end at once); wait for the sandbox."""
-        for fd in self._pipes.values():
-            os.close(fd)
-        self._pipes.clear()
-        if self._result is None:
-            try:
-                self._result = self._run.result()
-            finally:
-                self._pool.shutdown()
-        return self._result
+        while self._pipes:
+            os.close(self._pipes.popitem()[1])
+        self._thread.join()
+        if isinstance(self._outcome[0], BaseException):
+            raise self._outcome[0]
+        return self._outcome[0]
 
     def close(self) -> None:
         """Wait for the sandbox (see wait) and remove its files."""

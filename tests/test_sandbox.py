@@ -399,3 +399,27 @@ def test_missing_cgroups_are_reported_not_fatal(tmp_path, mode, monkeypatch):
     assert not any(d.startswith(("pids cgroup", "memory cgroup")) for d in result.defences)
     if os.geteuid() == 0:  # root ignores RLIMIT_NPROC: nothing else stops a fork bomb
         assert any(m.startswith("fork-bomb defence") for m in result.missing_defences)
+
+
+# --- descriptors passed to the worker ---------------------------------------------------------
+
+def test_a_passed_pipe_reaches_the_worker_and_is_closed_here(tmp_path, mode):
+    """The grader feeds jobs down pipes: the worker reads its end by number, and once the
+    worker has ended a writer gets EPIPE (no copy of the read end is left open here, which
+    would make a writer block forever on a full pipe)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"job")
+    result = run_script(tmp_path, f"""
+        import os
+        with open("got", "wb") as f:
+            f.write(os.read({read_end}, 3))
+    """, mode=mode, pass_fds=(read_end,))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "work" / "got").read_bytes() == b"job"
+        with pytest.raises(OSError):
+            os.fstat(read_end)  # closed by run_worker
+        with pytest.raises(BrokenPipeError):
+            os.write(write_end, b"x" * (1 << 20))
+    finally:
+        os.close(write_end)
