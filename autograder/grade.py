@@ -132,9 +132,9 @@ def job_blob(units: tuple[str, ...], cells: dict[str, str], tests,
              fixture: checks.CaptionerFixture, device: str, runnable: set[str]) -> bytes:
     """Everything one worker group needs, as one .npz: job.json (code and tests) and the
     hidden inputs (runnable: the units whose cells may run)."""
-    job_units, arrays = [], {}
+    job_units, arrays, preamble = [], {}, _preamble()
     for unit in units:
-        code = [{"name": "provided code", "source": _preamble()}]
+        code = [{"name": "provided code", "source": preamble}]
         for dependency in REFERENCE_DEPENDENCIES.get(unit, ()):
             code.append({"name": f"provided {dependency}",
                          "source": reference_source.unit_source(dependency)})
