@@ -268,6 +268,30 @@ KILLS_ITS_SANDBOX = Submission("kills-its-sandbox", (
            r"ended early|killed|stopped|not written yet"),
 ), others_may_lose=True)
 
+# A process that escapes its unit's process group (setsid, double fork) and waits to spoil
+# the next unit's outputs: each unit's leftovers are killed before the next unit starts.
+ESCAPE_AND_SPOIL = '''
+import os as _os, time as _time
+if _os.fork() == 0:
+    _os.setsid()
+    if _os.fork() == 0:
+        _end = _time.monotonic() + 60
+        while _time.monotonic() < _end:
+            if _os.path.exists("temporal_softmax_loss.npz"):
+                _time.sleep(0.2)
+                with open("temporal_softmax_loss.npz", "wb") as _f:
+                    _f.write(b"spoiled")
+                break
+            _time.sleep(0.01)
+    _os._exit(0)
+'''
+
+LEAVES_A_PROCESS = Submission("leaves-a-process", (
+    Attack("WordEmbedding", "honest, and leaves a setsid, double-forked process that waits to "
+           "overwrite the next unit's outputs (temporal_softmax_loss.npz)",
+           ESCAPE_AND_SPOIL + ref("WordEmbedding"), "full"),
+))
+
 # ---------------------------------------------------------------------------------------
 # 3. Resources: endless loop, memory, output, network, fork bomb
 # ---------------------------------------------------------------------------------------
@@ -685,7 +709,7 @@ GRADER_INPUT_ATTACKS = Submission("grader-inputs", (
            "zero", r"cannot"),
 ))
 
-SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, KILLS_ITS_SANDBOX, RESOURCES, PROBES, WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
+SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, KILLS_ITS_SANDBOX, LEAVES_A_PROCESS, RESOURCES, PROBES, WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
 
 # ---------------------------------------------------------------------------------------
 # Files that are not notebooks
