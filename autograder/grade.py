@@ -57,6 +57,10 @@ class GradeResult:
     notes: list[str] = field(default_factory=list)
     mode: str = ""  # sandbox mode: "bwrap" or "unsandboxed"
     device: str = "cpu"
+    # "graded", or NOT_GRADED when a failure the student did not cause persisted (the
+    # sandbox died with no unit to blame, twice): such a result is never a score.
+    status: str = "graded"
+    diagnostics: dict = field(default_factory=dict)  # instructor-only (extra_data, --debug)
 
     @property
     def score(self) -> int:
@@ -65,6 +69,9 @@ class GradeResult:
     @property
     def max_score(self) -> int:
         return sum(t.max_score for t in self.tests)
+
+
+NOT_GRADED = "not graded"
 
 
 class GraderError(RuntimeError):
