@@ -166,12 +166,13 @@ class CaptionerFixture:
         # torchvision's own initialisation, seeded: features of a sensible scale, so that
         # the image really shapes h0 (weights drawn otherwise saturated every tanh).
         torch.manual_seed(0)
-        encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
-        self.encoder_state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
+        self.encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
+        self.encoder_state = {f"image_encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         self._bases = {}  # cell type -> a reference captioner whose weights get redrawn
 
     def encoder_state_inputs(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights as runner inputs; the worker gets them once, as "shared/"."""
+        """The encoder's weights as runner inputs, for the reference captioner here (the
+        sandbox gets the features it computes instead, see cases)."""
         return {f"state.{k}": v for k, v in self.encoder_state.items()}
 
     def cases(self, test: str, d: _Draw) -> tuple[list[tuple[str, dict]], dict]:
@@ -180,7 +181,10 @@ class CaptionerFixture:
                        ignore_index=self.word_to_idx["<NULL>"], **CAPTION_MODEL)
         n_images = 3
         picks = torch.randperm(len(self.coco["val_captions"]), generator=d.g)[:n_images]
-        images = self.coco["val_images"][self.coco["val_image_idxs"][picks]]
+        # The images go through the encoder here, once: the captioner's "images" are these
+        # features, which ImageEncoder passes through (no sandbox needs torchvision).
+        with torch.no_grad():
+            images = self.encoder(self.coco["val_images"][self.coco["val_image_idxs"][picks]])
         model_seed = int(d.randint(2**31, 1))
         if test.startswith("sample_"):
             model = self._model_whose_captions_end(cell_type, model_seed, images, options)

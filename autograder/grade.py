@@ -1,19 +1,18 @@
-"""Grading one submission: read its cells, run them in a sandboxed worker, score the outputs.
+"""Grading one submission: read its cells, run them in sandboxed workers, score the outputs.
 
 The data flow, and who can touch what:
 
-    submission.ipynb --(solution cells only)--> one job per worker group, each an .npz sent
-        down its own pipe: job.json (provided code, the reference of OTHER units, the
-        student's cells, the tests) and the hidden inputs
-    worker (sandbox: worker.py, runners.py, forbidden.py, read-only) --> out/<group>/:
-        <unit>.npz outputs, <unit>.json errors   (untrusted data)
-    grader (this process) --> reference outputs (computed here), comparison, results.json
+    submission.ipynb --(solution cells only)--> one job per worker group (workers.py), an
+        .npz sent down the group's pipe: job.json (provided code, served stand-ins, the
+        student's cells, the tests, the limits) and the hidden inputs
+    one sandbox per group (worker.py) --> frames on the group's report pipe: each unit's
+        outputs and errors (untrusted data); served calls --> reference_service.py, here
+    grader (this process) --> reference outputs (computed here), comparison, results
 
-The sandbox starts first, so that its torch import overlaps with the grader building the
-hidden tests. Units run in three groups, each a separate non-dumpable process that cannot
-read the others' memory, so that no student code ever runs beside the reference code of its
-own unit: the units that need no other unit's code; AttentionLSTM (needs the reference LSTM
-gates and attention); CaptioningRNN (needs every other unit).
+No sandbox holds reference code, expected values or the secret; groups cannot reach each
+other. A sandbox that dies with no unit to blame is started again for the units it did not
+finish; a unit during which a sandbox died twice loses its points; a failure that persists
+outside any unit makes the submission NOT GRADED, never a score.
 """
 
 import ast
@@ -23,18 +22,21 @@ import json
 import os
 import re
 import secrets
-import stat
+import unicodedata
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from autograder import checks, forbidden, sandbox
-from autograder.workers import (REFERENCE_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS,
-                                UNIT_TIMEOUT_SECONDS, UNITS, WORKER_GROUPS, Workers)
+from autograder import checks, forbidden, sandbox, wire
+from autograder import workers as worker_groups
+from autograder.reference_service import ReferenceService, callable_names, served_definitions
 from autograder.submission import SubmissionError, read_solution_cells
+from autograder.workers import (HAND_WRITTEN_BACKWARD, SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES,
+                                STUDENT_HELPERS, UNITS, WORKER_GROUPS, Workers)
 from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
@@ -135,16 +137,14 @@ def student_code_for(unit: str, cells: dict[str, str], runnable: set[str]) -> li
         wanted |= more
 
 
-def job_blob(units: tuple[str, ...], cells: dict[str, str], tests,
-             fixture: checks.CaptionerFixture, device: str, runnable: set[str]) -> bytes:
-    """Everything one worker group needs, as one .npz: job.json (code and tests) and the
-    hidden inputs (runnable: the units whose cells may run)."""
+def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str]) -> bytes:
+    """Everything one worker group needs, as one .npz: job.json (code, tests, limits) and
+    the hidden inputs (runnable: the units whose cells may run)."""
     job_units, arrays, preamble = [], {}, _preamble()
     for unit in units:
         code = [{"name": "provided code", "source": preamble}]
-        for dependency in REFERENCE_DEPENDENCIES.get(unit, ()):
-            code.append({"name": f"provided {dependency}",
-                         "source": reference_source.unit_source(dependency)})
+        if unit in SERVED_DEPENDENCIES:
+            code.append({"name": "served", "served": served_definitions(SERVED_DEPENDENCIES[unit])})
         for dependency in student_code_for(unit, cells, runnable):
             code.append({"name": dependency, "source": cells[dependency]})
         unit_tests = []
@@ -156,15 +156,24 @@ def job_blob(units: tuple[str, ...], cells: dict[str, str], tests,
             for index, case in enumerate(test.cases):
                 for name, value in case.inputs.items():
                     arrays[f"{unit}/{test.name}/{index}/{name}"] = value.numpy()
-        if unit == "CaptioningRNN":
-            for name, value in fixture.encoder_state_inputs().items():
-                arrays[f"{unit}/shared/{name}"] = value.numpy()
-        job_units.append({"unit": unit, "code": code, "tests": unit_tests})
-    job = {"device": device, "unit_timeout": UNIT_TIMEOUT_SECONDS, "units": job_units}
+        job_units.append({"unit": unit, "code": code, "tests": unit_tests,
+                          "no_autograd": unit in HAND_WRITTEN_BACKWARD})
+    job = {"device": device, "unit_seconds": worker_groups.UNIT_SECONDS,
+           "unit_cpu_seconds": worker_groups.UNIT_CPU_SECONDS,
+           "unit_wall_seconds": worker_groups.UNIT_WALL_SECONDS, "units": job_units}
     arrays["job.json"] = np.frombuffer(json.dumps(job).encode(), dtype=np.uint8)
     blob = io.BytesIO()
     np.savez(blob, **arrays)
     return blob.getvalue()
+
+
+def service_for(units) -> ReferenceService | None:
+    """The reference service a group's sandbox calls, if its units need one."""
+    names = set()
+    for unit in units:
+        if unit in SERVED_DEPENDENCIES:
+            names |= callable_names(served_definitions(SERVED_DEPENDENCIES[unit]))
+    return ReferenceService(names) if names else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,30 +181,31 @@ def job_blob(units: tuple[str, ...], cells: dict[str, str], tests,
 # ---------------------------------------------------------------------------------------
 
 
-def read_regular_file(path: Path, limit: int) -> bytes | None:
-    """The bytes of path when it is a regular file of at most limit bytes, else None.
+@dataclass
+class UnitReport:
+    """What a unit's sandbox reported: outputs, errors, forbidden uses, how it ended."""
 
-    The worker can put anything in its output directory: a symbolic link (to /dev/zero, or
-    to a file of this machine outside the sandbox), a FIFO (reading it would block forever).
-    Those are never followed or read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with open(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        data = f.read(limit + 1)
-    return data if len(data) <= limit else None
+    ended: dict
+    outputs: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+    violations: list = field(default_factory=list)
+    lost: str = ""  # set when the unit has no report at all: why
 
 
-def read_outputs(path: Path) -> dict[str, np.ndarray]:
+def parse_report(ended: dict, sent: bytes) -> UnitReport:
+    """The frames a unit sent, one per test (untrusted: malformed parts are dropped)."""
+    report = UnitReport(ended)
+    for header, payload in wire.split_frames(sent, worker_groups.MAX_UNIT_REPORT_BYTES):
+        errors, violations = header.get("errors"), header.get("violations")
+        report.errors += [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+        if isinstance(violations, list):
+            report.violations = [str(v) for v in violations][:20]
+        report.outputs.update(read_outputs(payload))
+    return report
+
+
+def read_outputs(data: bytes) -> dict[str, np.ndarray]:
     """The arrays of an outputs .npz, refusing pickles and oversized or malformed files."""
-    data = read_regular_file(path, MAX_OUTPUT_BYTES)
-    if data is None:
-        return {}
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             if sum(info.file_size for info in archive.infolist()) > MAX_OUTPUT_BYTES:
@@ -206,64 +216,83 @@ def read_outputs(path: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def read_json(path: Path, limit: int = 1 << 20) -> dict:
-    data = read_regular_file(path, limit)
-    try:
-        value = json.loads(data) if data is not None else {}
-    except (ValueError, RecursionError):  # RecursionError: a hand-made, deeply nested file
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+MAX_REASON_CHARS = 240
+# What a submission's own messages (its exceptions) may put into its results, in all: a
+# few lines of feedback per test, not a channel wide enough to carry a file out.
+STUDENT_TEXT_PER_TEST = 160
+STUDENT_TEXT_PER_SUBMISSION = 4000
 
 
-def clean_reason(text) -> str:
-    """A worker's error message made safe to show: short, one line, no memory addresses
-    (which would change from run to run)."""
-    text = _ADDRESS.sub("0x...", str(text)).replace("\n", " ")
-    return text[:240]
+def clean_text(text, limit: int = MAX_REASON_CHARS) -> str:
+    """Text made safe to show: one line, no control or format characters (escape
+    sequences, carriage returns, bidirectional overrides), no memory addresses (which would
+    change from run to run), at most limit characters."""
+    text = _ADDRESS.sub("0x...", str(text))
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    return text[:limit]
 
 
-def _worker_problem(unit: str, out_dir: Path, run: sandbox.SandboxResult | None) -> str:
-    """Why a unit has no outputs: its own end (timeout, crash), or the whole worker's."""
-    ended = read_json(out_dir / f"{unit}.exit.json")
-    if ended.get("ended") == "timeout":
-        return f"stopped after the time limit of {UNIT_TIMEOUT_SECONDS} s (an endless loop?)"
-    if ended.get("ended") == "killed":
-        return f"your code was killed (signal {clean_reason(ended.get('signal'))}; out of memory?)"
-    if ended.get("ended") == "not started":
-        return "could not start: the sandbox's process limit stayed full (a fork bomb in another unit?)"
-    if ended.get("ended") == "exited":
-        return f"your code ended the process (exit status {clean_reason(ended.get('code'))}) before any result"
-    if run is not None and run.killed_reason:
-        return f"the grading process was stopped: {run.killed_reason}"
+clean_reason = clean_text
+
+
+class StudentText:
+    """The budget of student-controlled text in one submission's results."""
+
+    def __init__(self):
+        self.left = STUDENT_TEXT_PER_SUBMISSION
+
+    def __call__(self, text) -> str:
+        text = clean_text(text, min(STUDENT_TEXT_PER_TEST, self.left))
+        self.left -= len(text)
+        return text or "(message not shown: this submission's messages are over their length limit)"
+
+
+def _lost_reason(unit: str, report: UnitReport, budget: StudentText) -> str:
+    """Why a unit has no outputs: its own end (time limits, a crash), or the sandbox's."""
+    ended = report.ended
+    how = ended.get("ended")
+    if report.lost:
+        return report.lost
+    if how == "timeout":
+        return f"stopped after the time limit of {worker_groups.UNIT_SECONDS} s (an endless loop?)"
+    if how == "killed" and ended.get("signal") == 24:  # SIGXCPU
+        return f"stopped after {worker_groups.UNIT_CPU_SECONDS} s of CPU time (the limit)"
+    if how == "killed":
+        return f"your code was killed (signal {budget(ended.get('signal'))}; out of memory?)"
+    if how == "not started":
+        return "could not start: the sandbox's process limit stayed full"
+    if "oversized" in ended:
+        return "your code's outputs were too large to take"
+    if how == "exited":
+        return f"your code ended the process (exit status {budget(ended.get('code'))}) before any result"
     return "no result: the grading process ended early"
 
 
-def score_unit(unit: str, tests, out_dir: Path, run) -> list[TestResult]:
-    outputs = read_outputs(out_dir / f"{unit}.npz")
-    errors = read_json(out_dir / f"{unit}.json").get("errors")
-    errors = errors if isinstance(errors, list) else []
+def score_unit(unit: str, tests, report: UnitReport, budget: StudentText) -> list[TestResult]:
+    if report.violations:
+        why = "uses a built-in the assignment forbids: " + budget("; ".join(report.violations))
+        return [TestResult(unit, t.name, 0, t.points, why) for t in tests if t.unit == unit]
     results = []
     for test in (t for t in tests if t.unit == unit):
         reason = None
         for index, case in enumerate(test.cases):
             where = checks.format_label(case, index, len(test.cases))
-            error = next((e.get("error") for e in errors if isinstance(e, dict)
-                          and e.get("test") in (test.name, "*") and e.get("case") in (index, "*")), None)
+            error = next((e.get("error") for e in report.errors
+                          if e.get("test") in (test.name, "*") and e.get("case") in (index, "*")), None)
             prefix = f"{test.name}/{index}/"
-            case_outputs = {k[len(prefix):]: v for k, v in outputs.items() if k.startswith(prefix)}
+            case_outputs = {k[len(prefix):]: v for k, v in report.outputs.items() if k.startswith(prefix)}
             if error is not None:
-                reason = f"{where}: {clean_reason(error)}"
-            elif not case_outputs and not outputs:
-                reason = _worker_problem(unit, out_dir, run)
+                reason = f"{where}: {budget(error)}"
+            elif not case_outputs:
+                reason = f"{where}: {_lost_reason(unit, report, budget)}"
             else:
                 problem = checks.judge_case(case, case_outputs)
                 reason = f"{where}: {problem}" if problem else None
             if reason:
                 break
-        results.append(TestResult(unit, test.name, 0 if reason else test.points, test.points, reason or ""))
+        results.append(TestResult(unit, test.name, 0 if reason else test.points, test.points,
+                                  clean_text(reason or "")))
     return results
 
 
@@ -290,8 +319,8 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
           workers: Workers | None = None) -> GradeResult:
     """Grade one submitted notebook. Raises GraderError only when the grader cannot work.
 
-    workers: a sandbox started beforehand (so that its start-up overlaps with the caller's
-    own); grade() uses it or starts one, and closes it either way.
+    workers: sandboxes started beforehand (so that their start-up overlaps with the
+    caller's own); grade() uses them or starts its own, and closes them either way.
     """
     try:
         return _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers)
@@ -300,7 +329,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
             workers.close()
 
 
-def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) -> GradeResult:
+def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, started) -> GradeResult:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = resolve_device(device)
@@ -314,9 +343,31 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) 
     try:
         cells, notes = read_solution_cells(notebook, UNITS)
     except SubmissionError as exc:
-        return zero_result(points, str(exc), [str(exc)], mode, device)
+        return zero_result(points, clean_text(exc), [clean_text(exc)], mode, device)
+    excluded = screen(cells)
+    runnable = {u for u in UNITS if u not in excluded}
+    fixture = fixture or checks.CaptionerFixture(coco)
+    tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture)
+    reports, not_graded, diagnostics = run_units(runnable, cells, tests, device, allow_unsandboxed, started)
+    started = None  # run_units closed it
+    budget, results = StudentText(), []
+    for unit in UNITS:
+        if unit in excluded:
+            results += [TestResult(unit, t.name, 0, t.points, clean_text(excluded[unit])) for t in tests if t.unit == unit]
+        elif unit in reports:
+            results += score_unit(unit, tests, reports[unit], budget)
+    order = {(u, t): i for i, (u, t) in enumerate((u, t) for u, ts in points.items() for t in ts)}
+    results.sort(key=lambda r: order[(r.unit, r.test)])
+    if not_graded:
+        return GradeResult([TestResult(r.unit, r.test, 0, r.max_score, "NOT GRADED") for r in results],
+                           notes + [f"NOT GRADED: {not_graded}"], mode, device, NOT_GRADED, diagnostics)
+    return GradeResult(results, notes, mode, device, diagnostics=diagnostics)
 
-    excluded = {}  # unit -> why it is not run at all
+
+def screen(cells: dict[str, str]) -> dict[str, str]:
+    """{unit: why it is not run at all}: missing, unparsable or forbidden cells, and the
+    units that need such a cell's code."""
+    excluded = {}
     for unit in UNITS:
         if unit not in cells:
             excluded[unit] = "no solution cell for this unit in the notebook"
@@ -329,7 +380,7 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) 
             continue
         except (ValueError, RecursionError, MemoryError) as exc:
             # A lone surrogate (not encodable), or nesting deeper than Python's parser allows.
-            excluded[unit] = f"your cell cannot be parsed ({type(exc).__name__}: {clean_reason(exc)[:120]})"
+            excluded[unit] = f"your cell cannot be parsed ({type(exc).__name__}: {clean_text(exc, 120)})"
             continue
         if findings:
             excluded[unit] = "uses a built-in the assignment forbids: " + "; ".join(findings)[:200]
@@ -337,36 +388,55 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) 
         for need in needs:
             if need in excluded and unit not in excluded:
                 excluded[unit] = f"needs your {need} (for its cache), which cannot run: {excluded[need]}"
+    return excluded
 
-    runnable = {u for u in UNITS if u not in excluded}
-    own_workers = None
-    if workers is None and runnable:
-        workers = own_workers = Workers(allow_unsandboxed)
-    try:
-        run = None
+
+def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: bool,
+              started: Workers | None) -> tuple[dict, str, dict]:
+    """Run every runnable unit in its group's sandbox: ({unit: UnitReport}, why the
+    submission cannot be graded or "", instructor-only diagnostics).
+
+    A sandbox that ends before all its units have ended is started again for the rest. The
+    unit running when a sandbox died is blamed once it has happened twice (it then gets
+    the reason, and the others run without it); a sandbox that fails twice with no unit to
+    blame (its start, a machine too busy) makes the submission NOT GRADED.
+    """
+    pending = {group: [u for u in units if u in runnable] for group, units in WORKER_GROUPS}
+    reports, deaths, failures, diagnostics = {}, Counter(), Counter(), {}
+    while any(pending.values()):
+        boxes = started or Workers(allow_unsandboxed, groups=[g for g, units in pending.items() if units])
+        started = None
         try:
-            fixture = fixture or checks.CaptionerFixture(coco)
-            tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco, fixture)
-            for group, units in WORKER_GROUPS:
-                to_run = tuple(u for u in units if u in runnable)
-                if to_run:  # a group sent nothing ends at once
-                    workers.send(group, job_blob(to_run, cells, tests, fixture, device, runnable))
+            for group, units in pending.items():
+                if units:
+                    boxes.send(group, job_blob(units, cells, tests, device, runnable), service_for(units))
         finally:
-            if workers is not None:
-                run = workers.wait()
-        results = []
-        for group, units in WORKER_GROUPS:
+            outcomes = boxes.wait()
+        for group, outcome in outcomes.items():
+            units = pending.get(group, [])
             for unit in units:
-                if unit in excluded:
-                    results += [TestResult(unit, t.name, 0, t.points, excluded[unit]) for t in tests if t.unit == unit]
-                else:
-                    results += score_unit(unit, tests, workers.out_dir(group), run)
-    finally:
-        if own_workers is not None:
-            own_workers.close()
-    order = {(u, t): i for i, (u, t) in enumerate((u, t) for u, ts in points.items() for t in ts)}
-    results.sort(key=lambda r: order[(r.unit, r.test)])
-    return GradeResult(results, notes, mode, device)
+                if unit in outcome.ended:
+                    ended, sent = outcome.ended[unit]
+                    if ended.get("ended") == "busy":  # the machine's fault: run it again
+                        failures[group] += 1
+                        continue
+                    reports[unit] = parse_report(ended, sent)
+            if outcome.running in units and outcome.running not in reports:
+                deaths[outcome.running] += 1
+                if deaths[outcome.running] >= 2:
+                    reports[outcome.running] = UnitReport({}, lost=(
+                        "the grading process ended while your code ran (twice): it may have "
+                        "killed or stopped its own process, or used too much memory"))
+            elif any(u not in reports for u in units):
+                failures[group] += 1
+            if any(u not in reports for u in units) or failures[group]:
+                diagnostics[group] = outcome.diagnostics()
+            pending[group] = [u for u in units if u not in reports]
+            if failures[group] >= 2:
+                return reports, (f"the {group} sandbox failed twice with no unit to blame "
+                                 f"({outcome.problem or outcome.error or 'it ended early'}); "
+                                 "grade again, or see the diagnostics"), diagnostics
+    return reports, "", diagnostics
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,19 +445,23 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, workers) 
 
 
 def results_json(result: GradeResult) -> dict:
-    """Gradescope's results.json schema."""
-    header = f"Score {result.score}/{result.max_score}. Graded in {'a sandbox (bubblewrap)' if result.mode == 'bwrap' else 'UNSANDBOXED mode'} on {result.device}."
+    """Gradescope's results.json schema; extra_data holds what only instructors need."""
+    where = "a sandbox (bubblewrap)" if result.mode == "bwrap" else "UNSANDBOXED mode"
+    header = (f"NOT GRADED (a failure of the grading machine, not of your code; your "
+              f"instructor will grade it again)." if result.status == NOT_GRADED
+              else f"Score {result.score}/{result.max_score}. Graded in {where} on {result.device}.")
     return {
         "score": result.score,
         "max_score": result.max_score,
-        "output": "\n".join([header, *result.notes]),
+        "output": "\n".join([header, *(clean_text(n, 400) for n in result.notes)]),
         "visibility": "visible",
         "tests": [
             {"name": f"{t.unit}: {t.test}", "score": t.score, "max_score": t.max_score,
-             "output": t.reason or "passed", "visibility": "visible"}
+             "output": clean_text(t.reason) or "passed", "visibility": "visible"}
             for t in result.tests
         ],
-        "extra_data": {"sandbox": result.mode, "device": result.device},
+        "extra_data": {"sandbox": result.mode, "device": result.device, "status": result.status,
+                       "diagnostics": result.diagnostics},
     }
 
 
@@ -400,10 +474,12 @@ def write_results(result: GradeResult, path: Path) -> None:
 
 
 def table(result: GradeResult) -> str:
+    """The result for a terminal: every field stripped of control characters, so that no
+    message can move the cursor or rewrite another row."""
     lines = [f"{'unit':<24} {'test':<14} {'points':>7}  reason"]
     for t in result.tests:
-        lines.append(f"{t.unit:<24} {t.test:<14} {t.score:>3}/{t.max_score:<3}  {t.reason}")
-    lines.append(f"{'total':<24} {'':<14} {result.score:>3}/{result.max_score:<3}  "
-                 f"(sandbox: {result.mode}, device: {result.device})")
-    lines += [f"note: {n}" for n in result.notes]
+        lines.append(f"{t.unit:<24} {t.test:<14} {t.score:>3}/{t.max_score:<3}  {clean_text(t.reason)}")
+    total = "NOT GRADED" if result.status == NOT_GRADED else f"{result.score:>3}/{result.max_score:<3}"
+    lines.append(f"{'total':<24} {'':<14} {total}  (sandbox: {result.mode}, device: {result.device})")
+    lines += [f"note: {clean_text(n, 400)}" for n in result.notes]
     return "\n".join(lines)

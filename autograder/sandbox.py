@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,12 @@ _BWRAP_ISOLATION = [
 # Files of /etc that the dynamic loader and Python read; nothing else of /etc is visible.
 _ETC_FILES = ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"]
 _SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+_BWRAP_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Run inside the sandbox between bwrap and the worker: it reports the worker's raw wait
 # status on a pipe, because bwrap turns "killed by signal N" into exit code 128 + N.
+# Exec'd, it is dumpable: once the worker runs it closes every descriptor but its own, so
+# that no process of the sandbox can open the worker's pipes through /proc/<reaper>/fd.
 _REAPER = """\
 import os, sys
 fd = int(sys.argv[1])
@@ -67,6 +71,8 @@ if pid == 0:
         os.execv(sys.argv[2], sys.argv[2:])
     finally:
         os._exit(127)
+os.closerange(3, fd)
+os.closerange(fd + 1, 1 << 16)
 status = os.waitpid(pid, 0)[1]
 os.write(fd, b"%d" % status)
 os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
@@ -133,14 +139,17 @@ def sandbox_status() -> tuple[bool, str]:
     return bwrap is not None, why
 
 
-def run_worker(argv: list[str], *, workdir: Path, readonly_dirs: list[Path],
-               limits: Limits = Limits(), allow_unsandboxed: bool = False,
+def run_worker(argv: list[str], *, workdir: Path | None = None, readonly_dirs=(),
+               readonly_files=(), limits: Limits = Limits(), allow_unsandboxed: bool = False,
                env: dict[str, str] | None = None, python: Path | None = None,
-               pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+               pass_fds: tuple[int, ...] = (), cancel=None) -> SandboxResult:
     """Run ``python argv...`` in ``workdir`` under the sandbox and the limits; wait for it.
 
-    ``readonly_dirs`` (the staged worker code) and ``workdir`` (read-write, for results) are
-    the only parts of the filesystem visible besides the system and Python directories.
+    ``readonly_dirs`` and ``readonly_files`` (the worker's code), and ``workdir``
+    (read-write) are the only parts of the filesystem visible besides the system and
+    Python directories. Without ``workdir`` nothing of this machine is writable: the worker
+    runs in the sandbox's private /tmp (under bwrap; unsandboxed, in a private directory).
+    ``cancel`` (a threading.Event) ends the run early when set.
     ``env`` adds to or overrides the minimal environment (see ``_worker_env``).
     ``pass_fds`` stay open, with their numbers, in the worker; this function closes them
     here once the worker has started (or failed to), so that a writer at the other end of
@@ -157,16 +166,17 @@ def run_worker(argv: list[str], *, workdir: Path, readonly_dirs: list[Path],
                 pass
 
     try:
-        return _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, python,
-                           tuple(pass_fds), close_passed_fds)
+        return _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsandboxed,
+                           env, python, tuple(pass_fds), close_passed_fds, cancel)
     finally:
         close_passed_fds()
 
 
-def _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, python, pass_fds,
-                on_start):
-    workdir = _existing_dir(workdir)
+def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsandboxed, env,
+                python, pass_fds, on_start, cancel):
+    workdir = None if workdir is None else _existing_dir(workdir)
     readonly_dirs = [_existing_dir(path) for path in readonly_dirs]
+    readonly_files = [Path(path).resolve(strict=True) for path in readonly_files]
     python = Path(python or sys.executable).absolute()  # not resolved: a venv's python is a link
     ok, why = sandbox_status()
     if not ok and not allow_unsandboxed:
@@ -175,22 +185,27 @@ def _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, py
     extra_tasks = 3 if ok else 0  # bwrap, the sandbox's pid 1 and the reaper
     cgroups = _Cgroups(limits, extra_tasks)
     rlimits, defences, missing = _rlimits(limits, cgroups.pids_active, extra_tasks)
-    status_read = status_write = None
+    status_read = status_write = args_fd = private_dir = None
     try:
         if ok:
             status_read, status_write = os.pipe()
-            command = _bwrap_command(python, argv, workdir, readonly_dirs, limits, env,
-                                     status_write)
+            args_fd, command = _bwrap_arguments(_bwrap_command(
+                python, argv, workdir, readonly_dirs + readonly_files, limits, env, status_write))
             defences.insert(0, "bwrap: user, pid, net, ipc, uts and cgroup namespaces, uid "
                                f"{SANDBOX_UID}, no capabilities, minimal read-only filesystem")
         else:
             command = [str(python), *argv]
             missing.insert(0, f"filesystem and network isolation: {why}")
-        result = _run(command, mode="bwrap" if ok else "unsandboxed", workdir=workdir,
+            if workdir is None:
+                workdir = private_dir = Path(tempfile.mkdtemp(prefix="captioning-worker-"))
+        result = _run(command, mode="bwrap" if ok else "unsandboxed", workdir=workdir or Path("/"),
                       limits=limits, cgroups=cgroups, rlimits=rlimits,
-                      env=None if ok else _worker_env(python, env, home=str(workdir)),
-                      pass_fds=((status_write,) if ok else ()) + tuple(pass_fds),
-                      die_with_parent=not ok, on_start=on_start)
+                      # bwrap itself starts with next to nothing: the sandbox's pid 1 keeps
+                      # bwrap's environment, which its processes can read.
+                      env=_BWRAP_ENV if ok else _worker_env(python, env, home=str(workdir)),
+                      pass_fds=tuple(fd for fd in (status_write, args_fd) if ok and fd is not None)
+                      + tuple(pass_fds),
+                      die_with_parent=not ok, on_start=on_start, cancel=cancel)
         if ok:
             os.close(status_write)
             status_write = None
@@ -201,10 +216,37 @@ def _run_worker(argv, workdir, readonly_dirs, limits, allow_unsandboxed, env, py
         result.missing_defences = cgroups.missing + missing + cgroups.cleanup()
         return result
     finally:
-        for fd in (status_read, status_write):
+        for fd in (status_read, status_write, args_fd):
             if fd is not None:
                 os.close(fd)
         cgroups.cleanup()
+        if private_dir is not None:
+            remove_tree(private_dir)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory a worker could write to, whatever it left there: never raises
+    (shutil.rmtree recurses, so a 5,000-level chain would raise RecursionError)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
+
+
+def _bwrap_arguments(command: list[str]) -> tuple[int, list[str]]:
+    """(fd, short command): bwrap reads its options from a pipe (--args), so that its
+    command line, which every process of the sandbox can read, shows no option (the bound
+    paths) but only the command it runs."""
+    split = command.index("--")
+    read_end, write_end = os.pipe()
+    data = b"".join(arg.encode() + b"\0" for arg in command[1:split])
+    if len(data) > 60_000:  # a pipe holds 64 KiB, and bwrap reads only once it has started
+        os.close(read_end)
+        os.close(write_end)
+        return None, command
+    os.write(write_end, data)
+    os.close(write_end)
+    return read_end, [command[0], "--args", str(read_end), *command[split:]]
 
 
 def _existing_dir(path: Path) -> Path:
@@ -263,11 +305,11 @@ def _bwrap_command(python: Path, argv: list[str], workdir: Path, readonly_dirs: 
         command += ["--ro-bind-try", path, path]
     # Parents before children, so that a directory nested in another keeps its own mode.
     binds = [("--ro-bind", Path(p)) for p in _python_dirs(python)]
-    binds += [("--ro-bind", p) for p in readonly_dirs] + [("--bind", workdir)]
+    binds += [("--ro-bind", p) for p in readonly_dirs] + ([("--bind", workdir)] if workdir else [])
     for flag, path in sorted(binds, key=lambda bind: len(bind[1].parts)):
         command += [flag, str(path), str(path)]
     # The sandbox's root is a tmpfs: make it read-only so that only workdir and /tmp take writes.
-    command += ["--remount-ro", "/", "--chdir", str(workdir), "--"]
+    command += ["--remount-ro", "/", "--chdir", str(workdir or "/tmp"), "--"]
     return command + [str(python), "-I", "-S", "-c", _REAPER, str(status_fd), str(python), *argv]
 
 
@@ -477,7 +519,7 @@ def _child_setup(rlimits, cgroup_procs_fds: list[int], die_with_parent: bool):
 
 def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroups: _Cgroups,
          rlimits, env: dict[str, str] | None, pass_fds, die_with_parent: bool,
-         on_start=lambda: None) -> SandboxResult:
+         on_start=lambda: None, cancel=None) -> SandboxResult:
     """Start ``command`` in a new session, collect its output, enforce the wall clock;
     ``on_start`` runs once the process exists."""
     started = time.monotonic()
@@ -499,7 +541,7 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
     on_start()
     cgroups.check_member(proc.pid)
     try:
-        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups)
+        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel)
     finally:
         _kill(proc, cgroups)  # nothing the worker started outlives the run
         proc.stdout.close()
@@ -511,7 +553,8 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
         wall_seconds=time.monotonic() - started)
 
 
-def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _Cgroups):
+def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _Cgroups,
+             cancel=None):
     """Read stdout and stderr until both close, the process ends or a limit is hit.
 
     Returns (stdout bytes, stderr bytes, truncated, killed_reason or None). Bytes beyond
@@ -529,6 +572,9 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _
             if now >= deadline:
                 _kill(proc, cgroups)
                 return _output(kept, seen, limits, "wall-clock limit")
+            if cancel is not None and cancel.is_set():
+                _kill(proc, cgroups)
+                return _output(kept, seen, limits, "stopped by the grader")
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
                 _kill(proc, cgroups)  # leftovers holding the pipes open

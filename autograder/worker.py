@@ -1,19 +1,15 @@
-"""The grading worker: runs a submission's units on the grader's inputs, inside the sandbox.
+"""The grading worker: runs one group's units on the grader's inputs, inside its sandbox.
 
-    python worker.py OUT_DIR [--preload MODULE]... GROUP=FD [GROUP=FD ...]
+    python worker.py --job FD --results FD [--served REQUEST_FD,REPLY_FD] [--preload MODULE]...
 
-One sandbox grades one submission. This process imports torch once (and what torch and the
-provided code import lazily), makes itself non-dumpable, and forks one child per worker
-group. Each child reads its job (job.json and the hidden inputs, in one .npz) from its own
-pipe FD, which no other process here holds open, and runs each of its units in a forked
-grandchild that writes OUT_DIR/GROUP/<unit>.npz (outputs) and <unit>.json (errors).
-
-A group's job holds the reference code of other units (see grade.py). Non-dumpable
-processes cannot be read by their siblings (ptrace, /proc/PID/mem, /proc/PID/fd need
-CAP_SYS_PTRACE, which nothing here has), so the student code of one group never sees the
-reference code sent to another. Everything written to OUT_DIR is untrusted data to the
-grader: it compares the arrays itself and only shows the errors. This file imports nothing
-from the repository besides its two neighbours.
+One sandbox runs one worker group (see workers.py). This process imports torch, makes
+itself non-dumpable and reads its job (job.json and the hidden inputs, one .npz) from the
+job pipe. It runs each unit in a forked child that closes the job and results pipes before
+any submitted code runs, and sends its outputs back on a pipe of its own. On the results
+pipe this process reports, as frames (wire.py), "start" before a unit runs and "end" with
+how it ended and what it sent once it has ended; the grader treats all of it as untrusted
+data. With --served, the units' collaborators are stand-ins whose calls go to the grader
+(served.py). This file imports nothing from the repository besides its neighbours.
 """
 
 import ctypes
@@ -21,20 +17,24 @@ import importlib
 import io
 import json
 import os
+import resource
+import select
 import signal
 import sys
 import time
 import traceback
-import warnings
 
 import numpy as np
 import torch
 
 import forbidden
 import runners
+import served
+import wire
 
 _MAX_ERROR_CHARS = 300
 MAX_JOB_BYTES = 1 << 30
+MAX_UNIT_OUTPUT_BYTES = 64 << 20
 PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 3, 4, 36  # from <linux/prctl.h>
 
 
@@ -52,12 +52,17 @@ def describe(exc: BaseException) -> str:
 
 
 def load_namespace(code: list[dict]) -> dict:
-    """Execute the provided code, the reference code of other units and the unit's code, in
-    that order, in one namespace; each source is compiled under its cell's name."""
+    """Execute the job's code entries in order in one namespace: the provided code, the
+    served stand-ins, then the student's cells, each compiled under its cell's name."""
     namespace = {"__name__": "submission", "__builtins__": __builtins__}
     for entry in code:
-        with forbidden.guard():
-            exec(compile(entry["source"], f"<{entry['name']}>", "exec"), namespace)
+        if "served" in entry:
+            served.install(namespace, entry["served"])
+            continue
+        exec(compile(entry["source"], f"<{entry['name']}>", "exec"), namespace)
+        if entry["name"] == "provided code":
+            # The grader encodes the images itself: no sandbox imports torchvision.
+            namespace["ImageEncoder"] = runners.PrecomputedFeatures
     return namespace
 
 
@@ -68,97 +73,132 @@ def to_array(value, name: str) -> np.ndarray:
     return np.array(torch.Tensor.numpy(value.detach().cpu().clone().as_subclass(torch.Tensor)))
 
 
-_FOREVER = []  # what block_forbidden_for_good made: kept alive until the child ends
-
-
-def block_forbidden_for_good() -> None:
-    """In the forked child, before any submitted code: forbidden built-ins raise until it ends.
-
-    The guard is entered and never left, so code that replaces ``forbidden.guard`` or runs
-    after the tests (e.g. from a patched ``numpy.savez``) cannot escape it; and the aten ops
-    themselves get raising kernels, which also stops the routes that skip the Python names
-    the guard patches (``torch._C._VariableFunctions.lstm_cell``, ``torch.ops.aten.lstm``).
-    """
-    guard = forbidden.guard()
-    guard.__enter__()
-    library = torch.library.Library("aten", "IMPL")
-    _FOREVER.extend([guard, library])  # a Library removes its kernels when collected
-
-    def raiser(name):
-        def kernel(*args, **kwargs):
-            raise forbidden.ForbiddenModuleError(f"{name} is not allowed in this assignment")
-        return kernel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
-        for name in forbidden.FORBIDDEN_TORCH_OPS:
-            packet = getattr(torch.ops.aten, name)
-            for overload in packet.overloads():
-                qualified = name if overload == "default" else f"{name}.{overload}"
-                for key in ("CompositeImplicitAutograd", "CompositeExplicitAutograd", "Autograd", "CPU", "CUDA"):
-                    library.impl(qualified, raiser(f"torch.{name}"), key)
-
-
-def run_unit(out_dir: str, unit: dict, inputs, device: str) -> None:
-    """In the forked child: every case of every test of one unit."""
-    torch.set_num_threads(1)
-    block_forbidden_for_good()
+def run_test(namespace: dict, unit: str, test: dict, inputs, device: str) -> tuple[dict, list]:
+    """Every case of one test: (outputs by "test/case/name", errors)."""
     outputs, errors = {}, []
+    run = runners.runner(unit, test["test"])
+    for case in range(test["cases"]):
+        prefix = f"{test['test']}/{case}/"
+        case_inputs = {k[len(prefix):]: torch.from_numpy(inputs[k]).to(device)
+                       for k in inputs.files if k.startswith(prefix)}
+        try:
+            result = (run(namespace, case_inputs, test["options"]) if "options" in test
+                      else run(namespace, case_inputs))
+            for name, value in result.items():
+                outputs[prefix + name] = to_array(value, name)
+        except BaseException as exc:
+            errors.append({"test": test["test"], "case": case, "error": describe(exc)})
+    return outputs, errors
+
+
+def _TEMP_block():
+    if hasattr(forbidden, "block_for_good"):
+        return forbidden.block_for_good()
+    forbidden.guard().__enter__()
+
+
+def report(fd: int, test: str, outputs: dict, errors: list) -> None:
+    """One test's outputs, errors and the forbidden uses recorded so far, as one frame."""
+    blob = io.BytesIO()
+    np.savez(blob, **outputs)
+    header = {"test": test, "errors": errors, "violations": forbidden.violations() if hasattr(forbidden, "violations") else []}
+    wire.write_frame(fd, header, blob.getvalue())
+
+
+def run_unit(unit: dict, inputs, job: dict, output_fd: int) -> None:
+    """In the forked child: limits and blocks first, then the unit's tests, each reported
+    on output_fd as soon as it is done (a later timeout loses only the later tests)."""
+    cpu = job["unit_cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    torch.set_num_threads(1)
+    _TEMP_block()
+    if unit.get("no_autograd") and hasattr(forbidden, "refuse_autograd"):
+        forbidden.refuse_autograd(unit["unit"])
     try:
         namespace = load_namespace(unit["code"])
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: nothing ran
-        errors.append({"test": "*", "case": "*", "error": "your cell failed to run: " + describe(exc)})
-        namespace = None
-    for test in unit["tests"] if namespace is not None else []:
-        run = runners.runner(unit["unit"], test["test"])
-        for case in range(test["cases"]):
-            prefix = f"{test['test']}/{case}/"
-            case_inputs = {k[len(prefix):]: torch.from_numpy(inputs[k]).to(device)
-                           for k in inputs.files if k.startswith(prefix)}
-            case_inputs.update({k: torch.from_numpy(inputs[k]).to(device)
-                                for k in inputs.files if k.startswith("shared/")})
-            case_inputs = {k.removeprefix("shared/"): v for k, v in case_inputs.items()}
+        report(output_fd, "*", {}, [{"test": "*", "case": "*",
+                                    "error": "your cell failed to run: " + describe(exc)}])
+        return
+    for test in unit["tests"]:
+        report(output_fd, test["test"], *run_test(namespace, unit["unit"], test, inputs, job["device"]))
+
+
+def active_seconds(pid: int, wall: float) -> float:
+    """The time pid has been running or waiting for itself (sleeping, blocked): wall-clock
+    time less what it spent waiting for a CPU, so that a busy machine does not count."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            waited = int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return wall  # no scheduler statistics here: wall-clock time
+    return max(wall - waited, 0.0)
+
+
+def collect(pid: int, read_fd: int, job: dict) -> tuple[dict, bytes]:
+    """Wait for a unit's child while reading what it sends; stop it at its time limits.
+
+    Returns (how it ended, the bytes it sent, at most MAX_UNIT_OUTPUT_BYTES). A child past
+    ``unit_seconds`` of its own time (active_seconds) ended with "timeout", one still alive
+    after ``unit_wall_seconds`` of wall-clock time (a machine too busy to judge it) "busy".
+    """
+    started = time.monotonic()
+    received, size, ended, open_ = [], 0, None, True
+    os.set_blocking(read_fd, False)
+    while open_ or ended is None:
+        ready = select.select([read_fd], [], [], 0.02)[0] if open_ else time.sleep(0.02)
+        if ready:
             try:
-                with forbidden.guard():
-                    result = (run(namespace, case_inputs, test["options"]) if "options" in test
-                              else run(namespace, case_inputs))
-                for name, value in result.items():
-                    outputs[prefix + name] = to_array(value, name)
-            except BaseException as exc:
-                errors.append({"test": test["test"], "case": case, "error": describe(exc)})
-    name = os.path.join(out_dir, unit["unit"])
-    np.savez(name + ".partial.npz", **outputs)
-    os.replace(name + ".partial.npz", name + ".npz")
-    with open(name + ".json", "w") as f:
-        json.dump({"errors": errors}, f)
+                chunk = os.read(read_fd, 1 << 20)
+            except BlockingIOError:
+                chunk = None
+            open_ = chunk != b""
+            if chunk:
+                size += len(chunk)
+                if size <= MAX_UNIT_OUTPUT_BYTES:
+                    received.append(chunk)
+        elif ended is not None:
+            break  # it has ended, and nothing more is coming
+        if ended is None:
+            ended = _check_child(pid, started, job)
+    os.close(read_fd)
+    if size > MAX_UNIT_OUTPUT_BYTES:
+        return {**ended, "oversized": size}, b""
+    return ended, b"".join(received)
 
 
-def wait_for(pid: int, timeout: float) -> dict:
-    """Wait for a child; kill its process group past the timeout. Returns how it ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            if os.WIFSIGNALED(status):
-                return {"ended": "killed", "signal": os.WTERMSIG(status)}
-            return {"ended": "exited", "code": os.WEXITSTATUS(status)}
-        if time.monotonic() > deadline:
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-                try:
-                    kill()
-                except OSError:
-                    pass
-            os.waitpid(pid, 0)
-            return {"ended": "timeout", "seconds": timeout}
-        time.sleep(0.01)
+def _check_child(pid: int, started: float, job: dict) -> dict | None:
+    """How the unit's child ended, once it has (killing it at its limits); else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        ended = ({"ended": "killed", "signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                 else {"ended": "exited", "code": os.WEXITSTATUS(status)})
+    else:
+        wall = time.monotonic() - started
+        if active_seconds(pid, wall) <= job["unit_seconds"] and wall <= job["unit_wall_seconds"]:
+            return None
+        kill_group(pid)
+        os.waitpid(pid, 0)
+        ended = {"ended": "timeout" if wall <= job["unit_wall_seconds"] else "busy",
+                 "seconds": round(wall, 1)}
+    kill_group(pid)  # what it left running may hold the pipe open
+    kill_leftovers()
+    return ended
+
+
+def kill_group(pid: int) -> None:
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+        except OSError:
+            pass
 
 
 def warm_up(preload: list[str]) -> None:
-    """Import, once and before forking, what torch and the provided code import lazily.
+    """Import, once and before forking, what torch imports lazily.
 
     Otherwise every forked unit imports it again: torch.autograd.grad with grad_outputs
-    imports torch.fx's symbolic shapes (0.75 s per unit), and the provided ImageEncoder
-    imports torchvision.models (1.9 s, named in preload). Library code only: no submitted
+    imports torch.fx's symbolic shapes (0.75 s per unit). Library code only: no submitted
     code has run yet.
     """
     x = torch.ones(2, dtype=torch.float64, requires_grad=True)
@@ -173,14 +213,15 @@ def prctl(option: int, value: int) -> int:
 
 
 def make_undumpable() -> None:
-    """No process of this sandbox may read this one's memory; forked children inherit it."""
+    """No process of this sandbox may read this one's memory or open its pipes through
+    /proc; forked children inherit it."""
     prctl(PR_SET_DUMPABLE, 0)
     if prctl(PR_GET_DUMPABLE, 0) != 0:
         raise SystemExit("worker: could not make itself non-dumpable; refusing to run")
 
 
 def read_job(fd: int):
-    """(job description, inputs .npz) from the group's pipe, read to its end; None when the
+    """(job description, inputs .npz) from the job pipe, read to its end; None when the
     grader sent nothing (no unit of the group can run)."""
     chunks, size = [], 0
     while chunk := os.read(fd, 1 << 20):
@@ -200,7 +241,7 @@ def fork_before(deadline: float) -> int | None:
     while True:
         try:
             return os.fork()
-        except BlockingIOError:  # EAGAIN: e.g. a fork bomb in another group's unit
+        except BlockingIOError:  # EAGAIN: what an earlier unit left has not died yet
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.05)
@@ -220,7 +261,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def kill_leftovers() -> None:
-    """Kill what a unit left running. This process is its group's subreaper, so a unit's
+    """Kill what a unit left running. This process is the subreaper, so a unit's
     descendants that escaped its process group (setsid, double fork) are its children."""
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
@@ -240,69 +281,51 @@ def kill_leftovers() -> None:
         time.sleep(0.01)
 
 
-def run_group(fd: int, out_dir: str) -> None:
-    """In a group's child: read the job, then run each unit in a forked grandchild."""
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    job = read_job(fd)
-    if job is None:
-        return
-    job, inputs = job
-    os.chdir(out_dir)  # the units' working directory: nothing else there is writable
+def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...]) -> None:
+    """Each unit in a forked child, one after the other, reported on results_fd."""
+    os.chdir("/tmp")  # the sandbox's private, size-limited tmpfs
     for unit in job["units"]:
-        unit_inputs = _UnitInputs(inputs, unit["unit"])
-        pid = fork_before(time.monotonic() + job["unit_timeout"])
+        name = unit["unit"]
+        wire.write_frame(results_fd, {"event": "start", "unit": name})
+        read_fd, write_fd = os.pipe()
+        pid = fork_before(time.monotonic() + job["unit_seconds"])
         if pid == 0:
-            os.setpgid(0, 0)  # its own group, so a timeout kills what it started too
-            # Nothing a unit prints counts: it goes nowhere, so that no amount of output can
-            # fill the sandbox's pipes or get the whole worker killed for its size.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
             code = 0
             try:
-                run_unit(out_dir, unit, unit_inputs, job["device"])
+                os.close(read_fd)
+                os.close(results_fd)  # before any submitted code: only this process reports
+                os.setpgid(0, 0)  # its own group, so that a timeout kills what it started too
+                # Nothing a unit prints counts: it goes nowhere, so that no amount of output
+                # can fill the sandbox's pipes or get the whole worker killed for its size.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                if served_fds:
+                    served.connect(*served_fds)
+                run_unit(unit, _UnitInputs(inputs, name), job, write_fd)
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
+        os.close(write_fd)
         if pid is None:
-            ended = {"ended": "not started"}
+            os.close(read_fd)
+            ended, sent = {"ended": "not started"}, b""
         else:
-            ended = wait_for(pid, job["unit_timeout"])
-            try:
-                os.killpg(pid, signal.SIGKILL)  # whatever the unit left running (a fork bomb)
-            except OSError:
-                pass
-        kill_leftovers()
-        with open(os.path.join(out_dir, unit["unit"] + ".exit.json"), "w") as f:
-            json.dump(ended, f)
+            ended, sent = collect(pid, read_fd, job)
+        wire.write_frame(results_fd, {"event": "end", "unit": name, "ended": ended}, sent)
 
 
-def main(out_dir: str, preload: list[str], groups: dict[str, int]) -> None:
-    make_undumpable()  # first: the job pipes are open in this process
+def main(job_fd: int, results_fd: int, served_fds: tuple[int, ...], preload: list[str]) -> None:
+    make_undumpable()  # first: the pipes are open in this process
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     warm_up(preload)
-    children = []
-    for group, fd in groups.items():
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                for other in groups.values():
-                    if other != fd:
-                        os.close(other)
-                run_group(fd, os.path.join(out_dir, group))
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    for fd in groups.values():
-        os.close(fd)
-    for pid in children:
-        os.waitpid(pid, 0)
+    job = read_job(job_fd)
+    if job is not None:
+        run_units(*job, results_fd, served_fds)
+    os.close(results_fd)
 
 
 class _UnitInputs:
@@ -316,16 +339,20 @@ class _UnitInputs:
         return self._npz[self._prefix + key]
 
 
-def parse_arguments(argv: list[str]) -> tuple[str, list[str], dict[str, int]]:
-    out_dir, preload, groups = argv[0], [], {}
-    rest = iter(argv[1:])
+def parse_arguments(argv: list[str]) -> tuple[int, int, tuple[int, ...], list[str]]:
+    job_fd = results_fd = None
+    served_fds, preload = (), []
+    rest = iter(argv)
     for argument in rest:
-        if argument == "--preload":
+        if argument == "--job":
+            job_fd = int(next(rest))
+        elif argument == "--results":
+            results_fd = int(next(rest))
+        elif argument == "--served":
+            served_fds = tuple(int(fd) for fd in next(rest).split(","))
+        elif argument == "--preload":
             preload.append(next(rest))
-        else:
-            group, fd = argument.split("=")
-            groups[group] = int(fd)
-    return out_dir, preload, groups
+    return job_fd, results_fd, served_fds, preload
 
 
 if __name__ == "__main__":

@@ -1,31 +1,46 @@
-"""Where a submission's units run: three worker groups in one sandbox per submission.
+"""Where a submission's units run: one sandbox per worker group.
 
-Which code runs beside which is the isolation rule: no student code ever runs in a process
-that holds the reference code of its own unit. Tests of a unit that needs other units use
-their reference (so that their bugs cost nothing twice), so the units are split into
-groups, each a separate non-dumpable process in the sandbox (see worker.py):
+The isolation rule: student code never runs where it could reach reference code, expected
+values, the secret, or another group's job, inputs or outputs. A unit's tests use correct
+collaborators (so that a bug elsewhere costs nothing twice), and those are served by the
+grader (served.py, reference_service.py), never sent as code. The groups:
 
-* "units": every unit that needs no other unit's code;
-* "attention_lstm": AttentionLSTM, with the reference LSTM gates and attention;
-* "captioner": CaptioningRNN, with the reference of every other unit.
+* "units": every unit that needs no other unit;
+* "attention_lstm": AttentionLSTM, with lstm_gates and dot_product_attention served;
+* "captioner": CaptioningRNN, with every other unit served.
 
-``Workers`` starts the sandbox before the jobs exist (it imports torch meanwhile) and then
-feeds each group its job down the group's own pipe. This module does not import torch, so
-that the command line can start the sandbox before importing torch itself.
+Each group runs in a sandbox of its own (sandbox.py: its own user, pid, network, ipc and
+mount namespaces and private /tmp; nothing of this machine is writable), so that the cells
+of one notebook cannot talk to each other across groups. A ``GroupSandbox`` starts before
+its job exists (it imports torch meanwhile); its job goes down one pipe, its reports come
+back on another (wire.py frames), served calls travel on a third pair. This module does not
+import torch, so that the command line can start the sandboxes before importing it itself.
 """
 
 import os
-import shutil
-import tempfile
+import select
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import sandbox
+from autograder import sandbox, wire
 from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
-WORKER_FILES = ("worker.py", "runners.py", "forbidden.py")
-UNIT_TIMEOUT_SECONDS = 30
+# The only files of this machine a sandbox sees, besides the system and Python.
+WORKER_FILES = ("worker.py", "runners.py", "forbidden.py", "served.py", "wire.py")
+
+# Limits of one unit (all its tests), enforced in the sandbox by worker.py. A unit's time
+# is what it spends computing, sleeping or blocked: time spent waiting for a CPU on a busy
+# machine does not count, so that load changes no verdict.
+UNIT_SECONDS = 30
+UNIT_CPU_SECONDS = 30
+# Past this wall-clock time the machine is too busy to judge the unit: not the student's.
+UNIT_WALL_SECONDS = 600
+STARTUP_SECONDS = 300  # a sandbox's start (importing torch) on a loaded machine
+SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, output_bytes=64 << 10)
+MAX_UNIT_REPORT_BYTES = 80 << 20  # a unit's outputs (worker.MAX_UNIT_OUTPUT_BYTES) and more
 
 UNITS = tuple(reference_source.graded_units())
 # The student's own code of these units runs with the unit (a backward pass needs the
@@ -35,85 +50,165 @@ STUDENT_DEPENDENCIES = {"rnn_step_backward": ("rnn_step_forward",), "rnn_backwar
 # CS231n way writes the sequence functions with calls to the step functions.
 STUDENT_HELPERS = {"rnn_forward": ("rnn_step_forward",),
                    "rnn_backward": ("rnn_step_forward", "rnn_step_backward")}
-# The reference code of these units runs with the unit, so that their bugs cost nothing here.
-REFERENCE_DEPENDENCIES = {
+# Backward passes written by hand: autograd is refused while they run.
+HAND_WRITTEN_BACKWARD = ("rnn_step_backward", "rnn_backward")
+# These units' tests use the reference behaviour of other units, served by the grader.
+SERVED_DEPENDENCIES = {
     "AttentionLSTM": ("LSTM", "dot_product_attention"),
     "CaptioningRNN": tuple(u for u in UNITS if u != "CaptioningRNN"),
 }
 WORKER_GROUPS = (
-    ("units", tuple(u for u in UNITS if u not in REFERENCE_DEPENDENCIES)),
+    ("units", tuple(u for u in UNITS if u not in SERVED_DEPENDENCIES)),
     ("attention_lstm", ("AttentionLSTM",)),
     ("captioner", ("CaptioningRNN",)),
 )
-# The provided ImageEncoder imports torchvision.models: imported once, before the fork.
-PRELOAD = ("torchvision.models",)
+GROUP_UNITS = dict(WORKER_GROUPS)
 
 
-class Workers:
-    """The sandbox that grades one submission: every group's process, started at once.
+@dataclass
+class GroupOutcome:
+    """What one sandbox reported: the units that ended, and the one running when it died."""
 
-    ``send`` gives a group its job (an .npz, see grade.job_blob) and closes its pipe; a
-    group sent nothing ends without running anything. ``wait`` closes what was not sent and
-    waits for the sandbox. Outputs land in ``out_dir(group)``; ``close`` removes them.
-    """
+    ended: dict = field(default_factory=dict)  # unit -> (how it ended: dict, bytes it sent)
+    running: str | None = None  # a unit started, never ended: the sandbox died meanwhile
+    problem: str = ""  # why the report stream broke, if it did
+    sandbox: "sandbox.SandboxResult | None" = None
+    error: str = ""  # the sandbox could not run at all
 
-    def __init__(self, allow_unsandboxed: bool = False):
-        self._scratch = Path(tempfile.mkdtemp(prefix="captioning-grade-"))
-        worker_dir = self._scratch / "worker"
-        worker_dir.mkdir()
-        for name in WORKER_FILES:
-            shutil.copy(AUTOGRADER_DIR / name, worker_dir / name)
-        argv = [str(worker_dir / "worker.py"), str(self._scratch / "out")]
-        for module in PRELOAD:
-            argv += ["--preload", module]
-        self._pipes, read_ends = {}, []
-        for group, _ in WORKER_GROUPS:
-            self.out_dir(group).mkdir(parents=True)
-            read_end, self._pipes[group] = os.pipe()
-            read_ends.append(read_end)
-            argv.append(f"{group}={read_end}")
-        # Groups run side by side: the largest one may use every one of its units' timeouts.
-        seconds = UNIT_TIMEOUT_SECONDS * max(len(units) for _, units in WORKER_GROUPS) + 60
-        limits = sandbox.Limits(wall_seconds=seconds, cpu_seconds=seconds, memory_bytes=4 << 30,
-                                max_processes=96, output_bytes=64 << 10)
-        self._outcome = []  # [SandboxResult] or [exception], once the run has ended
+    def diagnostics(self) -> dict:
+        """Instructor-only: how the sandbox ended and the tail of its stderr."""
+        run = self.sandbox
+        return {"returncode": None if run is None else run.returncode,
+                "killed_reason": None if run is None else run.killed_reason,
+                "stderr_tail": "" if run is None else run.stderr[-2000:],
+                "stream_problem": self.problem, "error": self.error,
+                "defences": [] if run is None else run.defences,
+                "missing_defences": [] if run is None else run.missing_defences}
+
+
+class GroupSandbox:
+    """One worker group's sandbox, started at once; ``send`` gives it its job."""
+
+    def __init__(self, group: str, allow_unsandboxed: bool = False):
+        self.group = group
+        self.outcome = GroupOutcome()
+        self._cancel = threading.Event()
+        job_read, self._job = os.pipe()
+        self._results, results_write = os.pipe()
+        passed = [job_read, results_write]
+        argv = [str(AUTOGRADER_DIR / "worker.py"), "--job", str(job_read), "--results", str(results_write)]
+        self._served = None
+        if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
+            request_read, request_write = os.pipe()
+            reply_read, reply_write = os.pipe()
+            self._served = (request_read, reply_write)
+            passed += [request_write, reply_read]
+            argv += ["--served", f"{request_write},{reply_read}"]
+        units = len(GROUP_UNITS[group])
+        limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60),
+                                **SANDBOX_LIMITS)
+        files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
 
         def run():
             try:
-                self._outcome.append(sandbox.run_worker(
-                    argv, workdir=self._scratch / "out", readonly_dirs=[worker_dir],
-                    limits=limits, allow_unsandboxed=allow_unsandboxed, pass_fds=tuple(read_ends)))
+                self.outcome.sandbox = sandbox.run_worker(
+                    argv, readonly_files=files, limits=limits, allow_unsandboxed=allow_unsandboxed,
+                    pass_fds=tuple(passed), cancel=self._cancel)
             except BaseException as exc:
-                self._outcome.append(exc)
+                self.outcome.error = f"{type(exc).__name__}: {exc}"
+                for fd in passed:  # run_worker closes them, unless it failed before
+                    _close(fd)
 
-        # A daemon thread: should this process end without wait() (Ctrl-C at the wrong
+        # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
         # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
-        self._thread = threading.Thread(target=run, name="sandbox", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=run, name=f"sandbox-{group}", daemon=True),
+                         threading.Thread(target=self._read_reports, name=f"reports-{group}", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
-    def out_dir(self, group: str) -> Path:
-        return self._scratch / "out" / group
-
-    def send(self, group: str, blob: bytes) -> None:
-        """Write a group's job and close its pipe (blocks until the group has read it)."""
-        with open(self._pipes.pop(group), "wb") as pipe:
-            try:
-                pipe.write(blob)
-            except BrokenPipeError:
-                pass  # the sandbox has ended: the group's units get "no result"
-
-    def wait(self) -> sandbox.SandboxResult:
-        """Close the pipes not sent (those groups end at once); wait for the sandbox."""
-        while self._pipes:
-            os.close(self._pipes.popitem()[1])
-        self._thread.join()
-        if isinstance(self._outcome[0], BaseException):
-            raise self._outcome[0]
-        return self._outcome[0]
-
-    def close(self) -> None:
-        """Wait for the sandbox (see wait) and remove its files."""
+    def send(self, blob: bytes, service=None) -> None:
+        """Write the job and close its pipe; service (a ReferenceService) answers the
+        sandbox's served calls on a thread of its own."""
+        if self._served is not None:
+            if service is not None:
+                thread = threading.Thread(target=service.serve, args=self._served,
+                                          name=f"served-{self.group}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+            else:
+                for fd in self._served:
+                    _close(fd)
+            self._served = None
+        job, self._job = self._job, None
         try:
-            self.wait()
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(job, view):]
+        except OSError:
+            pass  # the sandbox has ended: its units get no result, and wait() says why
         finally:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            os.close(job)
+
+    def wait(self) -> GroupOutcome:
+        """Close what was not sent (the group then ends at once); wait for the sandbox."""
+        if self._job is not None:
+            os.close(self._job)
+            self._job = None
+        for fd in self._served or ():
+            _close(fd)
+        self._served = None
+        for thread in self._threads:
+            thread.join()
+        return self.outcome
+
+    def _read_reports(self) -> None:
+        """Collect the worker's frames; stop the sandbox when it goes silent for longer than
+        any unit may take (a stopped or wedged worker)."""
+        fd, allowance = self._results, STARTUP_SECONDS
+        try:
+            while True:
+                deadline = time.monotonic() + allowance
+                while not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+                    if time.monotonic() >= deadline:
+                        self.outcome.problem = f"the worker was silent for {allowance} s"
+                        self._cancel.set()
+                        deadline = float("inf")  # now wait for the end of the stream
+                frame = wire.read_frame(fd, MAX_UNIT_REPORT_BYTES)
+                if frame is None:
+                    return
+                header, payload = frame
+                unit = header.get("unit")
+                if header.get("event") == "start" and unit in UNITS:
+                    self.outcome.running, allowance = unit, UNIT_WALL_SECONDS + 60
+                elif header.get("event") == "end" and unit in UNITS and isinstance(header.get("ended"), dict):
+                    self.outcome.ended[unit] = (header["ended"], payload)
+                    self.outcome.running, allowance = None, 60
+                else:
+                    raise wire.WireError("unexpected frame")
+        except (wire.WireError, EOFError, OSError) as exc:
+            self.outcome.problem = self.outcome.problem or f"report stream broken: {exc}"
+            self._cancel.set()
+        finally:
+            os.close(fd)
+
+
+class Workers:
+    """The sandboxes that grade one submission, one per group, all started at once."""
+
+    def __init__(self, allow_unsandboxed: bool = False, groups=None):
+        self.sandboxes = {g: GroupSandbox(g, allow_unsandboxed) for g in (groups or GROUP_UNITS)}
+
+    def send(self, group: str, blob: bytes, service=None) -> None:
+        self.sandboxes[group].send(blob, service)
+
+    def wait(self) -> dict[str, GroupOutcome]:
+        return {group: box.wait() for group, box in self.sandboxes.items()}
+
+    close = wait
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -59,6 +59,16 @@ def unit_source(unit: str, source: str | None = None) -> str:
     return "\n\n\n".join(definitions[name] for name in graded_units(source)[unit])
 
 
+def graded_methods(class_name: str, source: str | None = None) -> list[str]:
+    """The methods of a graded class that hold solution lines (a student writes them)."""
+    source = read_source() if source is None else source
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return [f.name for f in node.body if isinstance(f, ast.FunctionDef)
+                    and BEGIN_SOLUTION in ast.get_source_segment(source, f)]
+    raise KeyError(class_name)
+
+
 def provided_names(source: str | None = None) -> list[str]:
     """Top-level definitions that belong to no unit (handed out as they are), in file order."""
     _, definitions = split_definitions(source)

@@ -1,0 +1,173 @@
+"""The bytes that cross a sandbox's wall: frames on pipes, holding JSON and raw arrays.
+
+Everything that comes out of a sandbox is untrusted: ``read_frame`` bounds every length
+before reading, ``unpack`` accepts only plain numeric arrays (no pickle, no objects) of
+bounded size and nesting. Used on both sides (the grader, and worker.py and served.py in
+the sandbox), so it imports only numpy and the standard library.
+
+A frame is ``<header length: 4 bytes><payload length: 8 bytes><JSON header><payload>``.
+A value tree (``pack``/``unpack``) is JSON in which every array is replaced by
+``{"array": index}``, the arrays' raw bytes following one another in the payload.
+"""
+
+import json
+import os
+import struct
+
+import numpy as np
+
+_LENGTHS = struct.Struct(">IQ")
+DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                    "uint8", "bool"})
+MAX_HEADER_BYTES = 1 << 20
+MAX_DEPTH = 16  # nesting of lists, tuples and dicts in a value tree
+MAX_DIMS = 8
+
+
+class WireError(ValueError):
+    """A frame or value tree that breaks the format or its bounds."""
+
+
+# ---------------------------------------------------------------------------------------
+# Frames
+# ---------------------------------------------------------------------------------------
+
+
+def write_frame(fd: int, header: dict, payload: bytes = b"") -> None:
+    """Write one whole frame to fd (blocking until the reader has taken it)."""
+    head = json.dumps(header).encode()
+    data = memoryview(_LENGTHS.pack(len(head), len(payload)) + head + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the pipe mid-frame")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, max_payload: int) -> tuple[dict, bytes] | None:
+    """The next frame on fd, or None at a clean end of the stream.
+
+    Raises WireError for a frame over its bounds or with a header that is not a JSON
+    object, EOFError for a stream cut mid-frame.
+    """
+    first = os.read(fd, _LENGTHS.size)
+    if not first:
+        return None
+    lengths = first + _read_exactly(fd, _LENGTHS.size - len(first))
+    head_size, payload_size = _LENGTHS.unpack(lengths)
+    if head_size > MAX_HEADER_BYTES or payload_size > max_payload:
+        raise WireError(f"frame of {head_size} + {payload_size} bytes is over its bounds")
+    try:
+        header = json.loads(_read_exactly(fd, head_size))
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"frame header is not JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise WireError("frame header is not a JSON object")
+    return header, _read_exactly(fd, payload_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Value trees: nested lists, tuples, dicts, scalars and arrays
+# ---------------------------------------------------------------------------------------
+
+
+def pack(value, to_array=np.asarray) -> tuple[object, bytes]:
+    """(JSON-able tree, payload) for value; to_array turns a tensor into a numpy array
+    (the default accepts numpy arrays only). Other objects raise TypeError."""
+    arrays = []
+
+    def walk(v, depth):
+        if depth > MAX_DEPTH:
+            raise TypeError("value nested too deeply")
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            items = [walk(x, depth + 1) for x in v]
+            return {"tuple": items} if isinstance(v, tuple) else items
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise TypeError("dict keys must be strings")
+            return {"dict": {k: walk(x, depth + 1) for k, x in v.items()}}
+        array = np.asarray(to_array(v))  # tobytes() below writes C order
+        if str(array.dtype) not in DTYPES:
+            raise TypeError(f"cannot send an array of dtype {array.dtype}")
+        arrays.append(array)
+        return {"array": len(arrays) - 1, "dtype": str(array.dtype), "shape": list(array.shape)}
+
+    tree = walk(value, 0)
+    return tree, b"".join(a.tobytes() for a in arrays)
+
+
+def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a):
+    """The value that pack() made, checked; arrays become from_array(numpy array).
+
+    Raises WireError for anything pack() would not have produced, or arrays that hold more
+    than max_elements elements together.
+    """
+    budget = [max_elements]
+    offset = [0]
+
+    def array(node):
+        dtype, shape = node.get("dtype"), node.get("shape")
+        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n for n in shape):
+            raise WireError("malformed array")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        budget[0] -= count
+        if budget[0] < 0:
+            raise WireError(f"arrays larger than {max_elements} elements in all")
+        size = count * np.dtype(dtype).itemsize
+        if offset[0] + size > len(payload):
+            raise WireError("array data missing from the payload")
+        data = np.frombuffer(payload, dtype=dtype, count=count, offset=offset[0]).reshape(shape)
+        offset[0] += size
+        return from_array(data.copy())
+
+    def walk(node, depth):
+        if depth > MAX_DEPTH:
+            raise WireError("value nested too deeply")
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [walk(x, depth + 1) for x in node]
+        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
+            return tuple(walk(x, depth + 1) for x in node["tuple"])
+        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
+            return {str(k): walk(x, depth + 1) for k, x in node["dict"].items()}
+        if isinstance(node, dict) and "array" in node:
+            return array(node)
+        raise WireError("malformed value")
+
+    value = walk(tree, 0)
+    if offset[0] != len(payload):
+        raise WireError("payload longer than its arrays")
+    return value
+
+
+def split_frames(data: bytes, max_payload: int) -> list[tuple[dict, bytes]]:
+    """The whole frames at the start of data (what a unit sent); a cut or malformed tail is
+    dropped, since a unit may be stopped in the middle of a frame."""
+    frames, offset = [], 0
+    while offset + _LENGTHS.size <= len(data):
+        head_size, payload_size = _LENGTHS.unpack_from(data, offset)
+        start = offset + _LENGTHS.size
+        end = start + head_size + payload_size
+        if head_size > MAX_HEADER_BYTES or payload_size > max_payload or end > len(data):
+            break
+        try:
+            header = json.loads(data[start:start + head_size])
+        except (ValueError, RecursionError):
+            break
+        if not isinstance(header, dict):
+            break
+        frames.append((header, data[start + head_size:end]))
+        offset = end
+    return frames
