@@ -35,8 +35,8 @@ from autograder import checks, forbidden, sandbox, wire
 from autograder import workers as worker_groups
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
 from autograder.submission import SubmissionError, read_solution_cells
-from autograder.workers import (HAND_WRITTEN_BACKWARD, SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES,
-                                STUDENT_HELPERS, UNITS, WORKER_GROUPS, Workers)
+from autograder.workers import (SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS,
+                                WORKER_GROUPS, Workers)
 from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
@@ -157,10 +157,11 @@ def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str
                 for name, value in case.inputs.items():
                     arrays[f"{unit}/{test.name}/{index}/{name}"] = value.numpy()
         job_units.append({"unit": unit, "code": code, "tests": unit_tests,
-                          "no_autograd": unit in HAND_WRITTEN_BACKWARD})
+                          "no_autograd": unit in forbidden.HAND_WRITTEN_BACKWARD})
     job = {"device": device, "unit_seconds": worker_groups.UNIT_SECONDS,
            "unit_cpu_seconds": worker_groups.UNIT_CPU_SECONDS,
-           "unit_wall_seconds": worker_groups.UNIT_WALL_SECONDS, "units": job_units}
+           "unit_wall_seconds": worker_groups.UNIT_WALL_SECONDS,
+           "cuda_memory_fraction": worker_groups.CUDA_MEMORY_FRACTION, "units": job_units}
     arrays["job.json"] = np.frombuffer(json.dumps(job).encode(), dtype=np.uint8)
     blob = io.BytesIO()
     np.savez(blob, **arrays)
@@ -366,7 +367,8 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, started) 
 
 def screen(cells: dict[str, str]) -> dict[str, str]:
     """{unit: why it is not run at all}: missing, unparsable or forbidden cells, and the
-    units that need such a cell's code."""
+    units that need such a cell's code. Names resolve through the imports of every cell and
+    of the provided code, as they do in the notebook."""
     excluded = {}
     for unit in UNITS:
         if unit not in cells:
@@ -374,16 +376,16 @@ def screen(cells: dict[str, str]) -> dict[str, str]:
             continue
         try:
             ast.parse(cells[unit])
-            findings = forbidden.find_forbidden(cells[unit], filename=unit)
         except SyntaxError as exc:
             excluded[unit] = f"your cell has a syntax error (line {exc.lineno}: {exc.msg})"
-            continue
         except (ValueError, RecursionError, MemoryError) as exc:
             # A lone surrogate (not encodable), or nesting deeper than Python's parser allows.
             excluded[unit] = f"your cell cannot be parsed ({type(exc).__name__}: {clean_text(exc, 120)})"
-            continue
-        if findings:
-            excluded[unit] = "uses a built-in the assignment forbids: " + "; ".join(findings)[:200]
+    readable = {u: code for u, code in cells.items() if u not in excluded}
+    findings = forbidden.find_forbidden_in_cells(readable, reference_source.split_definitions()[0])
+    for unit, found in findings.items():
+        if found:
+            excluded[unit] = "uses what the assignment forbids: " + "; ".join(found)[:200]
     for unit, needs in STUDENT_DEPENDENCIES.items():
         for need in needs:
             if need in excluded and unit not in excluded:

@@ -8,8 +8,9 @@ gradients of a backward pass, goes back. Nothing else is answered: no source, no
 input, no expected value.
 
 What a hostile sandbox can make this process do is bounded and deterministic: at most
-MAX_CALLS calls, MAX_ELEMENTS array elements per call (every legitimate call is far below
-both), and CPU_SECONDS of this thread's CPU time in all.
+MAX_CALLS calls of at most wire.MAX_CALL_ELEMENTS array elements each (every legitimate
+call is far below both), and CPU_SECONDS of this thread's CPU time in all. A frame over
+its bounds ends the service for that sandbox (served.py never sends one).
 """
 
 import os
@@ -22,8 +23,6 @@ from solution import captioning as reference
 from solution import source as reference_source
 
 MAX_CALLS = 20_000
-MAX_ELEMENTS = 1 << 18  # per call; the captioner's largest legitimate call holds about 21,000
-MAX_REQUEST_BYTES = 8 * MAX_ELEMENTS + (1 << 16)
 CPU_SECONDS = 20.0
 
 
@@ -64,7 +63,7 @@ class ReferenceService:
         try:
             while True:
                 try:
-                    frame = wire.read_frame(request_fd, MAX_REQUEST_BYTES)
+                    frame = wire.read_frame(request_fd, wire.MAX_CALL_BYTES)
                 except (wire.WireError, EOFError, OSError):
                     return  # a broken stream: the sandbox's calls fail from now on
                 if frame is None:
@@ -98,7 +97,7 @@ class ReferenceService:
         if name not in self.names or op not in ("forward", "backward"):
             raise _Refused(f"{str(name)[:60]} is not provided here")
         try:
-            value = wire.unpack(header.get("value"), payload, MAX_ELEMENTS, torch.from_numpy)
+            value = wire.unpack(header.get("value"), payload, wire.MAX_CALL_ELEMENTS, torch.from_numpy)
         except wire.WireError as exc:
             raise _Refused(f"arguments the grader cannot take: {exc}") from None
         if not isinstance(value, dict) or not isinstance(value.get("args"), (list, tuple)) \

@@ -35,8 +35,14 @@ def _ask(op: str, name: str, value) -> object:
     if not _connection:
         raise RuntimeError(f"{name} is provided by the grader, which is not reachable here")
     tree, payload = wire.pack(value, _to_array)
-    wire.write_frame(_connection["request"], {"op": op, "name": name, "value": tree}, payload)
-    reply = wire.read_frame(_connection["reply"], MAX_REPLY_BYTES)
+    if len(payload) > 8 * wire.MAX_CALL_ELEMENTS:
+        raise ValueError(f"arguments too large for the provided {name}: {len(payload)} bytes "
+                         f"(at most {wire.MAX_CALL_ELEMENTS} numbers)")
+    try:
+        wire.write_frame(_connection["request"], {"op": op, "name": name, "value": tree}, payload)
+        reply = wire.read_frame(_connection["reply"], MAX_REPLY_BYTES)
+    except (OSError, EOFError, wire.WireError):
+        reply = None
     if reply is None:
         raise RuntimeError(f"the grader stopped answering calls of {name}")
     header, data = reply

@@ -22,6 +22,10 @@ DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", 
 MAX_HEADER_BYTES = 1 << 20
 MAX_DEPTH = 16  # nesting of lists, tuples and dicts in a value tree
 MAX_DIMS = 8
+# Array elements in one call of a served function (served.py, reference_service.py): the
+# captioner's largest legitimate call holds about 21,000.
+MAX_CALL_ELEMENTS = 1 << 18
+MAX_CALL_BYTES = 8 * MAX_CALL_ELEMENTS + (1 << 16)
 
 
 class WireError(ValueError):

@@ -91,17 +91,11 @@ def run_test(namespace: dict, unit: str, test: dict, inputs, device: str) -> tup
     return outputs, errors
 
 
-def _TEMP_block():
-    if hasattr(forbidden, "block_for_good"):
-        return forbidden.block_for_good()
-    forbidden.guard().__enter__()
-
-
 def report(fd: int, test: str, outputs: dict, errors: list) -> None:
     """One test's outputs, errors and the forbidden uses recorded so far, as one frame."""
     blob = io.BytesIO()
     np.savez(blob, **outputs)
-    header = {"test": test, "errors": errors, "violations": forbidden.violations() if hasattr(forbidden, "violations") else []}
+    header = {"test": test, "errors": errors, "violations": forbidden.violations()}
     wire.write_frame(fd, header, blob.getvalue())
 
 
@@ -111,8 +105,10 @@ def run_unit(unit: dict, inputs, job: dict, output_fd: int) -> None:
     cpu = job["unit_cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     torch.set_num_threads(1)
-    _TEMP_block()
-    if unit.get("no_autograd") and hasattr(forbidden, "refuse_autograd"):
+    if job["device"] == "cuda":  # a bounded share of the GPU for each sandbox
+        torch.cuda.set_per_process_memory_fraction(job["cuda_memory_fraction"])
+    forbidden.block_for_good()
+    if unit.get("no_autograd"):
         forbidden.refuse_autograd(unit["unit"])
     try:
         namespace = load_namespace(unit["code"])
@@ -198,13 +194,15 @@ def warm_up(preload: list[str]) -> None:
     """Import, once and before forking, what torch imports lazily.
 
     Otherwise every forked unit imports it again: torch.autograd.grad with grad_outputs
-    imports torch.fx's symbolic shapes (0.75 s per unit). Library code only: no submitted
+    imports torch.fx's symbolic shapes (0.75 s per unit); forbidden.prepare reads torch's
+    registries (0.7 s). Library code only: no submitted
     code has run yet.
     """
     x = torch.ones(2, dtype=torch.float64, requires_grad=True)
     torch.autograd.grad(x * 2, [x], grad_outputs=torch.ones(2, dtype=torch.float64))
     for module in preload:
         importlib.import_module(module)
+    forbidden.prepare()  # what block_for_good blocks, worked out once for every unit
 
 
 def prctl(option: int, value: int) -> int:

@@ -40,6 +40,11 @@ UNIT_CPU_SECONDS = 30
 UNIT_WALL_SECONDS = 600
 STARTUP_SECONDS = 300  # a sandbox's start (importing torch) on a loaded machine
 SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, output_bytes=64 << 10)
+# Of the GPU's memory, for each sandbox under --device cuda (three per submission): set
+# before student code runs, so that JOBS submissions graded side by side cannot starve each
+# other. The caching allocator enforces it in the unit's own process (which could raise it
+# again: a cooperative bound, see the README).
+CUDA_MEMORY_FRACTION = 0.1
 MAX_UNIT_REPORT_BYTES = 80 << 20  # a unit's outputs (worker.MAX_UNIT_OUTPUT_BYTES) and more
 
 UNITS = tuple(reference_source.graded_units())
@@ -50,8 +55,6 @@ STUDENT_DEPENDENCIES = {"rnn_step_backward": ("rnn_step_forward",), "rnn_backwar
 # CS231n way writes the sequence functions with calls to the step functions.
 STUDENT_HELPERS = {"rnn_forward": ("rnn_step_forward",),
                    "rnn_backward": ("rnn_step_forward", "rnn_step_backward")}
-# Backward passes written by hand: autograd is refused while they run.
-HAND_WRITTEN_BACKWARD = ("rnn_step_backward", "rnn_backward")
 # These units' tests use the reference behaviour of other units, served by the grader.
 SERVED_DEPENDENCIES = {
     "AttentionLSTM": ("LSTM", "dot_product_attention"),
@@ -168,11 +171,11 @@ class GroupSandbox:
         try:
             while True:
                 deadline = time.monotonic() + allowance
-                while not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
-                    if time.monotonic() >= deadline:
+                while not select.select([fd], [], [], None if self._cancel.is_set()
+                                        else max(deadline - time.monotonic(), 0))[0]:
+                    if not self._cancel.is_set():  # silent too long: stop it, await the end
                         self.outcome.problem = f"the worker was silent for {allowance} s"
                         self._cancel.set()
-                        deadline = float("inf")  # now wait for the end of the stream
                 frame = wire.read_frame(fd, MAX_UNIT_REPORT_BYTES)
                 if frame is None:
                     return

@@ -96,8 +96,25 @@ def test_cli_exits_2_when_it_cannot_grade(tmp_path):
 def test_worker_groups_never_hold_the_reference_of_a_unit_they_grade():
     for _, units in grade.WORKER_GROUPS:
         for unit in units:
-            assert not set(grade.REFERENCE_DEPENDENCIES.get(unit, ())) & set(units)
+            assert not set(grade.SERVED_DEPENDENCIES.get(unit, ())) & set(units)
     assert sorted(u for _, units in grade.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
+
+
+def test_no_job_carries_a_solution_line(tmp_path):
+    """The jobs sent into the sandboxes hold stubs of the served units, never their code."""
+    import io
+    import numpy as np
+    from grading import _coco_and_fixture
+    from autograder import checks
+    coco, fixture = _coco_and_fixture()
+    cells = {u: reference.strip_solutions(reference.unit_source(u)) for u in reference.graded_units()}
+    tests = checks.build_tests(1, coco, fixture)
+    solution = set(reference.solution_lines(reference.read_source()))
+    for _, units in grade.WORKER_GROUPS:
+        blob = grade.job_blob(units, cells, tests, "cpu", set(cells))
+        job = np.load(io.BytesIO(blob))["job.json"].tobytes().decode()
+        leaked = [line for line in solution if len(line) > 12 and line in job]
+        assert not leaked, leaked[:5]
 
 
 def test_a_syntax_error_costs_its_unit_with_that_reason(tmp_path):

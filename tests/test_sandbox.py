@@ -423,3 +423,67 @@ def test_a_passed_pipe_reaches_the_worker_and_is_closed_here(tmp_path, mode):
             os.write(write_end, b"x" * (1 << 20))
     finally:
         os.close(write_end)
+
+
+@needs_bwrap
+def test_no_process_in_the_sandbox_shows_the_graders_environment_or_options(tmp_path, monkeypatch):
+    """bwrap's own processes (the sandbox's pid 1 keeps bwrap's environment) start bare, and
+    bwrap reads its options from a pipe. Fails with Popen(env=None) or without --args."""
+    monkeypatch.setenv("CAPTIONING_GRADER_SECRET", "s3cret-in-the-environment")
+    result = run_script(tmp_path, """
+        import json, os
+        seen = []
+        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+            for name in ("environ", "cmdline"):
+                try:
+                    with open(f"/proc/{pid}/{name}", "rb") as f:
+                        seen.append(f.read().decode(errors="replace"))
+                except OSError:
+                    pass
+        print(json.dumps(seen))
+    """)
+    assert result.returncode == 0, result.stderr
+    seen = "\n".join(json.loads(result.stdout))
+    assert "s3cret" not in seen and "--ro-bind" not in seen and "--setenv" not in seen, seen
+    assert "--args" in seen  # bwrap's command line was read: the probe can see it
+
+
+@needs_bwrap
+def test_without_a_workdir_nothing_of_the_host_is_writable(tmp_path):
+    """The grader binds no host directory: a worker writes only to its private tmpfs."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "worker.py").write_text(textwrap.dedent(f"""
+        import os
+        print(os.getcwd())
+        wrote = []
+        for path in ["/tmp/x", "{tmp_path}/y", "{code}/z", "/var/tmp/w", os.path.expanduser("~/v")]:
+            try:
+                with open(path, "w") as f:
+                    f.write("x")
+                wrote.append(path)
+            except OSError:
+                pass
+        print(wrote)
+    """))
+    result = run_worker([str(code / "worker.py")], readonly_files=[code / "worker.py"], limits=FAST)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "/tmp", result.stdout
+    # What it wrote under these paths went to its private /tmp (they lie under /tmp here).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["code"]
+    assert sorted(p.name for p in code.iterdir()) == ["worker.py"]
+
+
+def test_remove_tree_survives_a_deep_chain(tmp_path):
+    """shutil.rmtree raises RecursionError on 5,000 levels; the sandbox's cleanup must not."""
+    path = tmp_path / "top"
+    path.mkdir()
+    os.chdir(path)
+    try:
+        for _ in range(5000):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(tmp_path)
+    sandbox.remove_tree(path)
+    assert not path.exists()
