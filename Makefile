@@ -22,7 +22,8 @@ help:
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
 	@echo "make grade NB=f   grade one submitted notebook: a table and results.json (RESULTS=...)"
 	@echo "make autograde    grade every submission in $(COURSE)/submitted/ (JOBS=N at a time,"
-	@echo "                  resumable) into the gradebook; export $(COURSE)/grades.csv"
+	@echo "                  resumable; FORCE=1 or STUDENTS=\"id ...\" to grade again) into the"
+	@echo "                  gradebook; export $(COURSE)/grades.csv"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
 	@echo "make gradescope   the Gradescope autograder zip (dist/; GRADESCOPE_SANDBOX=unsandboxed"
 	@echo "                  where Gradescope's containers cannot run bubblewrap)"
@@ -73,14 +74,25 @@ grade: setup
 	@test -n "$(NB)" || { echo "usage: make grade NB=path/to/submission.ipynb [RESULTS=results.json] [DEVICE=cpu|cuda|auto]" >&2; exit 2; }
 	$(PY) -m autograder grade "$(NB)" --results "$(RESULTS)" --device $(DEVICE)
 
-# Every submission in submitted/<student>/$(ASSIGNMENT)/: graded JOBS at a time (resumable),
-# then into nbgrader's gradebook (nbgrader reuses the stored results) and grades.csv.
-JOBS ?= 1
+# Every submission in submitted/<student>/$(ASSIGNMENT)/: graded JOBS at a time (resumable;
+# FORCE=1 grades everyone again, STUDENTS="id1 id2" those students), then into nbgrader's
+# gradebook (nbgrader reuses the stored results, reading the batch's copy of each submission,
+# which it can always process) and grades.csv. nbgrader export runs whatever happened before
+# it; the target then fails if anything did (3: some submissions are NOT GRADED).
+JOBS     ?= 1
+FORCE    ?=
+STUDENTS ?=
+BATCH_ARGS = --jobs $(JOBS) --device $(DEVICE) $(if $(FORCE),--force) $(foreach s,$(STUDENTS),--student $(s))
 autograde: release
-	$(PY) -m autograder batch $(COURSE) --jobs $(JOBS) --device $(DEVICE)
-	$(NBGRADER) autograde $(ASSIGNMENT) --force --log-level=WARN
-	$(NBGRADER) export --to grades.csv
-	@echo "Grades: $(COURSE)/grades.csv and, per test, $(COURSE)/class_results.csv (gradebook: $(COURSE)/gradebook.db)"
+	@status=0; \
+	$(PY) -m autograder batch $(COURSE) $(BATCH_ARGS) || status=$$?; \
+	if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi; \
+	( $(NBGRADER) autograde $(ASSIGNMENT) --force --log-level=WARN \
+	    --CourseDirectory.submitted_directory=grader_results/nbgrader_input ) \
+	  || { echo "error: nbgrader autograde failed (above); exporting what the gradebook holds" >&2; status=1; }; \
+	( $(NBGRADER) export --to grades.csv ) || exit $$?; \
+	echo "Grades: $(COURSE)/grades.csv and, per test, $(COURSE)/class_results.csv (gradebook: $(COURSE)/gradebook.db)"; \
+	exit $$status
 
 feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force

@@ -53,10 +53,32 @@ def parse_cells(text: str) -> list[tuple[str, list[str], str]]:
     return result
 
 
-def unit_points() -> dict[str, int]:
-    """Total points of each graded unit, from the grader's points file."""
-    with open(POINTS_FILE, "rb") as f:
-        return {unit: sum(tests.values()) for unit, tests in tomllib.load(f).items()}
+POINTS_TOTAL = 100  # what the grader requires (autograder/checks.py, load_points)
+
+
+class PointsError(ValueError):
+    """points.toml cannot be used: the message says why."""
+
+
+def unit_points(path: Path | None = None) -> dict[str, int]:
+    """Total points of each graded unit, from the grader's points file, which must total
+    100 (the grader refuses anything else, so the notebook must not promise it)."""
+    path = POINTS_FILE if path is None else path
+    try:
+        with open(path, "rb") as f:
+            points = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PointsError(f"{path} cannot be read: {exc}") from None
+    bad = [f"{unit}.{test}" for unit, tests in points.items() if isinstance(tests, dict)
+           for test, value in tests.items() if type(value) is not int or value < 0]
+    if bad or not all(isinstance(tests, dict) for tests in points.values()):
+        raise PointsError(f"{path}: every test's points must be a whole number >= 0 "
+                          f"({', '.join(bad) or 'a unit is not a table'})")
+    total = sum(sum(tests.values()) for tests in points.values())
+    if total != POINTS_TOTAL:
+        raise PointsError(f"{path} totals {total} points, not {POINTS_TOTAL}: the grader "
+                          f"refuses it. Change the points so that they add up to {POINTS_TOTAL}.")
+    return {unit: sum(tests.values()) for unit, tests in points.items()}
 
 
 def _nbgrader(grade_id: str, *, solution=False, grade=False, locked=False, points=None) -> dict:
@@ -198,7 +220,11 @@ def main(argv=None) -> int:
         TEXT_SOURCE.write_text(fill_expected(TEXT_SOURCE.read_text()))
         print(f"filled expected values in {TEXT_SOURCE.relative_to(REPO_ROOT)}")
         return 0
-    built = notebook_text(build_notebook())
+    try:
+        built = notebook_text(build_notebook())
+    except PointsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         if not NOTEBOOK.is_file() or NOTEBOOK.read_text() != built:
             print(f"{NOTEBOOK.relative_to(REPO_ROOT)} is out of date with its sources: run `make notebook`",

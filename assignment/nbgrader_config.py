@@ -15,16 +15,22 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 
 # Autograding: the kit's sandboxed grader replaces nbgrader's in-kernel execution (see
 # autograder/nbgrader_autograde.py); the rest of nbgrader's pipeline is unchanged.
+# `make autograde` runs nbgrader on the copies the batch grader writes to
+# grader_results/nbgrader_input/ (--CourseDirectory.submitted_directory), which nbgrader can
+# always process whatever a student submitted.
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
                                     LimitOutput, SaveAutoGrades)
 
-from autograder.nbgrader_autograde import KitGrader  # noqa: E402
+from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus  # noqa: E402
 
 c.Autograde.autograde_preprocessors = [
     KitGrader, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
-    AssignLatePenalties, CheckCellMetadata,
+    KitRecordStatus, AssignLatePenalties, CheckCellMetadata,
 ]
 c.KitGrader.device = "cpu"  # "auto" uses a GPU when there is one
-# Results of `python -m autograder batch` (make autograde JOBS=N), reused when unchanged.
-c.KitGrader.results_dir = str(COURSE_DIR / "grader_results")
+# Grade each student's own submission as `python -m autograder batch` does (make autograde
+# JOBS=N), reusing the results it stored in grader_results/.
+c.KitGrader.course_dir = str(COURSE_DIR)
+# grades.csv with a `status` column; a NOT GRADED submission has no score there.
+c.ExportApp.plugin_class = KitCsvExport

@@ -30,9 +30,15 @@
 # * Write your code only between the lines `# YOUR CODE HERE` and the end of its cell, in
 #   place of `raise NotImplementedError()`. Do not rename functions, classes, arguments or
 #   parameters: the grader calls them by name and loads weights into your model by name.
-# * Do not use `torch.nn.RNN`, `LSTM`, `GRU`, their `*Cell`s, `nn.MultiheadAttention` or
-#   `F.scaled_dot_product_attention`: the point is to write them. The grader detects them,
-#   and a unit that uses one scores zero.
+# * Do not use `torch.nn.RNN`, `LSTM`, `GRU`, their `*Cell`s, `nn.MultiheadAttention`,
+#   `F.scaled_dot_product_attention`, or any other built-in recurrent cell, attention or
+#   transformer (`torch.ops.aten...`, `torch.ao.nn...`): the point is to write them. Write
+#   `rnn_step_backward` and `rnn_backward` by hand: autograd is switched off while they run.
+#   Graded cells also may not use what only serves to get around the grader: `torch._C`,
+#   `torch.ops`, `torch.library`, `gc`, `inspect`, `ctypes`, `importlib`, `eval`, `exec`,
+#   `subprocess`, or changing `torch` itself (`torch.allclose = ...`). The grader checks
+#   every graded cell (mentions in comments, docstrings and strings do not count) and runs
+#   your code with those built-ins switched off; a unit that uses one scores zero.
 # * Only your solution cells are graded, each on its own, on hidden inputs, in a fresh
 #   process. The provided cells are taken from the original assignment, so changes to them
 #   are ignored. Your code may call the functions this notebook says it may (for example

@@ -1,14 +1,24 @@
 """Command line of the grader.
 
-    python -m autograder grade SUBMISSION.ipynb [--results results.json] [--device cpu|cuda|auto]
+    python -m autograder grade SUBMISSION [--results results.json] [--device cpu|cuda|auto]
                                [--data data/coco.pt] [--allow-unsandboxed]
 
-    python -m autograder batch COURSE_DIR [--jobs N]       (a whole class; see batch.py)
+    python -m autograder batch COURSE_DIR [--jobs N] [--force] [--student ID ...]
+                                          (a whole class; see batch.py)
     python -m autograder classroom results.json            (GitHub Classroom's payload)
 
+SUBMISSION is a notebook, or a folder: then the notebook in it is chosen by the rule of
+autograder/submission.py (rnn_captioning.ipynb, else the only notebook; never one in
+.ipynb_checkpoints or another hidden folder), and the results say which file was graded.
+
 Prints a table (unit, test, points, the reason for every lost point) and writes results.json
-in Gradescope's schema. Exit status 0 whenever a result was recorded, whatever the score;
-2 when the grader itself cannot grade (no sandbox, no data, an unwritable results path).
+in Gradescope's schema. Exit status:
+  0  a result was recorded, whatever the score;
+  2  the grader cannot grade: no such SUBMISSION path, no sandbox, a missing or unreadable
+     data file, points.toml not totalling 100, an unwritable results path;
+  3  NOT GRADED: a failure the student did not cause persisted (results.json says so, with
+     diagnostics in extra_data); grade again.
+batch exits 3 when any submission is NOT GRADED (it lists them), else as grade does.
 """
 
 import argparse
@@ -35,10 +45,16 @@ def main(argv=None) -> int:
                                 "the results say so)")
     batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
     batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
-    batch_cmd.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    batch_cmd.add_argument("--jobs", type=int, default=1,
+                           help="submissions graded at once (0: one at a time in this process, "
+                                "for debugging)")
     batch_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     batch_cmd.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "coco.pt")
     batch_cmd.add_argument("--allow-unsandboxed", action="store_true")
+    batch_cmd.add_argument("--force", action="store_true",
+                           help="grade every submission again (ignore every stored result)")
+    batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
+                           help="grade this student's submission again (repeatable)")
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
@@ -47,7 +63,7 @@ def main(argv=None) -> int:
         print(classroom_payload(json.loads(args.results.read_text())))
         return 0
     if not args.data.is_file():
-        print(f"error: {args.data} is missing: run `make data`", file=sys.stderr)
+        print(f"error: the data file {args.data} is missing: run `make data`", file=sys.stderr)
         return 2
     if args.command == "batch":
         return run_batch(args)
@@ -55,7 +71,14 @@ def main(argv=None) -> int:
     return run_grade(args)
 
 
+NOT_GRADED_EXIT = 3
+
+
 def run_grade(args) -> int:
+    if not args.notebook.exists():
+        print(f"error: {args.notebook} does not exist (give the path of a submitted notebook, "
+              "or of a folder holding one)", file=sys.stderr)
+        return 2
     from autograder import sandbox
     from autograder.workers import Workers
 
@@ -64,25 +87,54 @@ def run_grade(args) -> int:
     if sandbox.sandbox_status()[0] or args.allow_unsandboxed:
         workers = Workers(args.allow_unsandboxed)
     try:
-        import torch
-
+        from autograder import batch
         from autograder.grade import GraderError, grade, table, write_results
+        from autograder.submission import NOTEBOOK_NAME, find_notebook
 
         try:
-            coco = torch.load(args.data, weights_only=True)
-            result = grade(args.notebook, coco=coco, device=args.device,
-                           allow_unsandboxed=args.allow_unsandboxed, workers=workers)
-            write_results(result, args.results)
+            batch.check_points()
+            coco = batch.load_data(args.data)
+            note = ""
+            notebook = args.notebook
+            if notebook.is_dir():
+                notebook, note = find_notebook(notebook, NOTEBOOK_NAME)
+            if notebook is None:  # the student's problem: a 0 with the reason
+                available, why = sandbox.sandbox_status()
+                if not available and not args.allow_unsandboxed:
+                    raise GraderError(f"cannot sandbox student code: {why}")
+                result = batch.nothing_to_grade(note, args.device)
+                result.mode = "bwrap" if available else "unsandboxed"
+            else:
+                result = batch.with_note(grade(notebook, coco=coco, device=args.device,
+                                               allow_unsandboxed=args.allow_unsandboxed,
+                                               workers=workers), note)
         except GraderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except Exception as exc:  # a bug of the grader on this submission: not the student's
+            import traceback
+
+            result = batch.not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
+                                      f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]},
+                                      args.device)
+        try:
+            write_results(result, args.results)
         except OSError as exc:
             print(f"error: cannot write {args.results}: {exc.strerror}", file=sys.stderr)
             return 2
     finally:
         if workers is not None:
             workers.close()
-    print(table(result))
+    text = table(result)
+    if batch.is_not_graded(result):
+        reason = batch.not_graded_reason(result).removeprefix("NOT GRADED: ")
+        if "NOT GRADED" not in text.splitlines()[0]:
+            text = f"NOT GRADED: {reason}\n{text}"
+        print(text)
+        print(f"NOT GRADED: {reason}. No score was recorded; grade again. Diagnostics: "
+              f"{args.results} (extra_data)", file=sys.stderr)
+        return NOT_GRADED_EXIT
+    print(text)
     print(f"results written to {args.results}")
     return 0
 
@@ -98,12 +150,13 @@ def classroom_payload(results: dict) -> str:
 
 
 def run_batch(args) -> int:
-    from autograder.batch import CLASS_CSV, grade_class
+    from autograder.batch import CLASS_CSV, grade_class, is_not_graded, not_graded_reason
     from autograder.grade import GraderError
 
     try:
         outcomes = grade_class(args.course, jobs=args.jobs, data=args.data, device=args.device,
-                               allow_unsandboxed=args.allow_unsandboxed)
+                               allow_unsandboxed=args.allow_unsandboxed, force=args.force,
+                               students=tuple(args.student))
     except GraderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -111,11 +164,19 @@ def run_batch(args) -> int:
         print("interrupted: every result written so far is complete; run again to resume",
               file=sys.stderr)
         return 130
-    errors = {s: o for s, o in outcomes.items() if isinstance(o, str)}
-    for student, error in sorted(errors.items()):
-        print(f"{student}: not graded: {error}", file=sys.stderr)
-    print(f"{len(outcomes) - len(errors)} graded, {len(errors)} not graded; "
-          f"{args.course / CLASS_CSV}")
+    not_graded = {s: o for s, o in outcomes.items() if is_not_graded(o)}
+    nothing = {s: o for s, o in outcomes.items() if s not in not_graded and not o.mode}
+    for student, outcome in sorted(nothing.items()):
+        print(f"{student}: 0: {outcome.notes[0] if outcome.notes else 'nothing to grade'}", file=sys.stderr)
+    for student, outcome in sorted(not_graded.items()):
+        print(f"{student}: NOT GRADED: {not_graded_reason(outcome).removeprefix('NOT GRADED: ')}",
+              file=sys.stderr)
+    print(f"{len(outcomes) - len(not_graded)} graded ({len(nothing)} with nothing to grade), "
+          f"{len(not_graded)} NOT GRADED; {args.course / CLASS_CSV}")
+    if not_graded:
+        print("NOT GRADED submissions have no score: run the batch again (it grades them again), "
+              "or see README, 'When something goes wrong'", file=sys.stderr)
+        return NOT_GRADED_EXIT
     return 0
 
 

@@ -1,45 +1,148 @@
 """Grading a whole class: in parallel, resumable, one broken submission never stops it.
 
     python -m autograder batch COURSE_DIR [--jobs N] [--device cpu|cuda|auto]
+                                          [--force] [--student ID ...]
 
-Submissions are nbgrader's: COURSE_DIR/submitted/<student>/rnn_captioning/rnn_captioning.ipynb.
+Submissions are nbgrader's: COURSE_DIR/submitted/<student>/rnn_captioning/, graded by the
+rule of ``submission.find_notebook`` (rnn_captioning.ipynb, else the only notebook there;
+never one in .ipynb_checkpoints). Every student folder gets an outcome: a result (0 with the
+reason when nothing can be graded) or NOT GRADED (a failure the student did not cause).
+
 Each result is stored in COURSE_DIR/grader_results/<student>.json under a key made of what
-is graded (the solution cells), the grader's own code and points, and the secret: a
-submission already graded with the same key is not graded again. Results are written
-whole (a temporary file, then a rename), so an interrupted run leaves no half-written file
-and the next run picks up where it stopped. At the end, COURSE_DIR/class_results.csv has a
-row per student and a column per test. `nbgrader autograde` then copies the stored results
-into the gradebook without grading again (autograder/nbgrader_autograde.py).
+is graded (the solution cells), every file of the grader (autograder/*.py, *.toml),
+of the reference (solution/), the data file and the secret: a submission already graded
+with the same key is not graded again, unless --force (everyone) or --student ID (those
+students) says so. A NOT GRADED outcome is recorded apart and never reused as a result:
+the next run grades that submission again. Results are written whole (a temporary file,
+then a rename), so an interrupted run leaves no half-written file.
+
+At the end: COURSE_DIR/class_results.csv (a row per student: status, score, a column per
+test, the reason), and, for nbgrader, a copy of each submission that nbgrader can always
+read (grader_results/nbgrader_input/, see autograder/nbgrader_autograde.py). `nbgrader
+autograde` then copies the stored results into the gradebook without grading again.
 """
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import sys
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from autograder import checks, grade
-from autograder.submission import SubmissionError, read_solution_cells
+from autograder.submission import NOTEBOOK_NAME, SubmissionError, find_notebook, read_solution_cells
 
 ASSIGNMENT = "rnn_captioning"
-NOTEBOOK = f"{ASSIGNMENT}.ipynb"
+NOTEBOOK = NOTEBOOK_NAME
 RESULTS_DIR = "grader_results"
 CLASS_CSV = "class_results.csv"
-_GRADER_FILES = ("checks.py", "grade.py", "runners.py", "worker.py", "forbidden.py",
-                 "submission.py", "sandbox.py", "points.toml")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What the grader is made of: every file matching these, under these folders of the
+# repository. The cache key hashes them, and the Gradescope zip ships them (one list).
+GRADER_DIRS = ("autograder", "solution")
+GRADER_PATTERNS = ("*.py", "*.toml")
+DATA_KEYS = ("vocab", "val_images", "val_captions", "val_image_idxs")
 
 
-def grader_fingerprint(secret: bytes) -> str:
-    """Changes whenever the grader, the points, the reference or the secret change."""
-    digest = hashlib.sha256(secret)
-    for path in [grade.AUTOGRADER_DIR / name for name in _GRADER_FILES] + [
-            grade.AUTOGRADER_DIR.parent / "solution" / "captioning.py"]:
-        digest.update(path.read_bytes())
+def grader_files(root: Path = REPO_ROOT) -> list[str]:
+    """Every file of the grader (repository-relative, sorted): *.py and *.toml under
+    autograder/ and solution/, caches and hidden files (the secret) left out."""
+    found = set()
+    for folder in GRADER_DIRS:
+        for pattern in GRADER_PATTERNS:
+            for path in (root / folder).rglob(pattern):
+                relative = path.relative_to(root)
+                if path.is_file() and not any(part.startswith(".") or part == "__pycache__"
+                                              for part in relative.parts):
+                    found.add(relative.as_posix())
+    return sorted(found)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
+
+
+def data_digest(data: Path) -> str:
+    """sha256 of the data file's content (computed once per file version and process)."""
+    info = os.stat(data)
+    return _file_digest(str(Path(data).resolve()), info.st_size, info.st_mtime_ns)
+
+
+def grader_fingerprint(secret: bytes, data: Path, root: Path = REPO_ROOT) -> str:
+    """Changes whenever a file of the grader or the reference, the data or the secret change."""
+    digest = hashlib.sha256(b"secret\0" + secret)
+    for name in grader_files(root):
+        content = (root / name).read_bytes()
+        digest.update(f"\0{name}\0{len(content)}\0".encode() + content)
+    digest.update(f"\0data\0{data_digest(data)}".encode())
+    return digest.hexdigest()
+
+
+def load_data(data: Path) -> dict:
+    """The COCO subset, or GraderError naming the file and what is wrong with it."""
+    import torch
+
+    data = Path(data)
+    if not data.is_file():
+        raise grade.GraderError(f"the data file {data} is missing: run `make data`")
+    try:
+        coco = torch.load(data, weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, unreadable, unsafe pickle
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise grade.GraderError(f"the data file {data} cannot be loaded ({what}); rebuild it "
+                                "with `make data`") from None
+    missing = [key for key in DATA_KEYS if not isinstance(coco, dict) or key not in coco]
+    if missing:
+        raise grade.GraderError(f"the data file {data} is not the captioning data set (no "
+                                f"{', '.join(missing)}); rebuild it with `make data`")
+    return coco
+
+
+def check_points() -> None:
+    """GraderError when points.toml is unreadable or does not total 100."""
+    try:
+        checks.load_points()
+    except Exception as exc:  # tomllib.TOMLDecodeError, ValueError (the total), OSError
+        message = str(exc) if str(checks.POINTS_FILE) in str(exc) else f"{checks.POINTS_FILE}: {exc}"
+        raise grade.GraderError(f"{message} (fix the points, then `make notebook`)") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Submissions, results and the store
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Submission:
+    student: str
+    notebook: Path | None  # the file to grade; None when there is none
+    note: str  # which file was chosen, or why there is none
+
+
+def locate_submission(course_dir: Path, student: str) -> Submission:
+    folder = Path(course_dir) / "submitted" / student / ASSIGNMENT
+    if not folder.is_dir():
+        return Submission(student, None, f"nothing submitted (no folder submitted/{student}/{ASSIGNMENT}/)")
+    notebook, note = find_notebook(folder, NOTEBOOK)
+    # Said only when it is news: another file than the expected one, or others beside it.
+    return Submission(student, notebook, "" if note == f"graded {NOTEBOOK}" else note)
+
+
+def find_submissions(course_dir: Path) -> list[Submission]:
+    """Every student folder of submitted/, by student id, with the notebook to grade."""
+    submitted = Path(course_dir) / "submitted"
+    students = sorted(p.name for p in submitted.iterdir() if p.is_dir()) if submitted.is_dir() else []
+    return [locate_submission(course_dir, student) for student in students]
 
 
 def submission_key(notebook: Path, fingerprint: str) -> str:
@@ -52,45 +155,87 @@ def submission_key(notebook: Path, fingerprint: str) -> str:
     return hashlib.sha256(f"{fingerprint}\n{graded}".encode()).hexdigest()
 
 
+def is_not_graded(result: grade.GradeResult) -> bool:
+    return getattr(result, "status", "graded") == grade.NOT_GRADED
+
+
+def not_graded_reason(result: grade.GradeResult) -> str:
+    """One sentence: why a NOT GRADED result has no score."""
+    reasons = [t.reason for t in result.tests if t.reason]
+    said = [text for text in [*result.notes, *reasons] if text.startswith("NOT GRADED")]
+    return (said or reasons or result.notes or ["the grader failed"])[0]
+
+
+def _zero_tests(reason: str) -> list[grade.TestResult]:
+    return [grade.TestResult(unit, test, 0, points, reason)
+            for unit, tests in checks.load_points().items() for test, points in tests.items()]
+
+
+def nothing_to_grade(reason: str, device: str = "cpu") -> grade.GradeResult:
+    """0 for every test, with the reason: the student submitted nothing gradable."""
+    return grade.GradeResult(_zero_tests(reason), [reason], "", device)
+
+
+def not_graded(reason: str, diagnostics: dict | None = None, device: str = "cpu") -> grade.GradeResult:
+    """A NOT GRADED outcome: no score; the reason says what failed (not the student)."""
+    result = grade.GradeResult(_zero_tests(f"NOT GRADED: {reason}"), [f"NOT GRADED: {reason}"], "", device)
+    result.status = grade.NOT_GRADED
+    result.diagnostics = dict(diagnostics or {})
+    return result
+
+
+def with_note(result: grade.GradeResult, note: str) -> grade.GradeResult:
+    """The result with note first among its notes (which file was graded)."""
+    if note and note not in result.notes:
+        result.notes.insert(0, note)
+    return result
+
+
 def result_to_dict(result: grade.GradeResult) -> dict:
     return dataclasses.asdict(result)
 
 
 def result_from_dict(data: dict) -> grade.GradeResult:
     tests = [grade.TestResult(**t) for t in data["tests"]]
-    return grade.GradeResult(tests, data["notes"], data["mode"], data["device"])
+    fields = {f.name for f in dataclasses.fields(grade.GradeResult)} - {"tests"}
+    return grade.GradeResult(tests, **{k: v for k, v in data.items() if k in fields})
 
 
 class ResultStore:
-    """<results dir>/<student>.json: {"key": ..., "result": ...}."""
+    """<results dir>/<student>.json: {"key": ..., "result": ...} for a result, or
+    {"not_graded": {"key": ..., "result": ...}} for the last attempt that was NOT GRADED."""
 
     def __init__(self, results_dir: Path):
         self.dir = Path(results_dir)
 
-    def get(self, student: str, key: str) -> grade.GradeResult | None:
+    def _read(self, student: str) -> dict:
         try:
             stored = json.loads((self.dir / f"{student}.json").read_text())
-            return result_from_dict(stored["result"]) if stored.get("key") == key else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing or unreadable: grade again
+            return stored if isinstance(stored, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, student: str, key: str, *, not_graded_too: bool = False) -> grade.GradeResult | None:
+        """The stored result for this key; a NOT GRADED one only when asked (nbgrader shows
+        what the batch found; the batch itself always tries again)."""
+        stored = self._read(student)
+        try:
+            if stored.get("key") == key:
+                return result_from_dict(stored["result"])
+            if not_graded_too and stored.get("not_graded", {}).get("key") == key:
+                return result_from_dict(stored["not_graded"]["result"])
+        except (KeyError, TypeError, AttributeError):
+            pass  # unreadable: grade again
+        return None
 
     def put(self, student: str, key: str, result: grade.GradeResult) -> None:
         self.dir.mkdir(exist_ok=True)
         path = self.dir / f"{student}.json"
+        entry = {"key": key, "result": result_to_dict(result)}
+        stored = {"not_graded": entry} if is_not_graded(result) else entry
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "result": result_to_dict(result)}, indent=1))
+        tmp.write_text(json.dumps(stored, indent=1))
         os.replace(tmp, path)
-
-
-def find_submissions(course_dir: Path) -> list[tuple[str, Path]]:
-    """(student, notebook) of every submission, by student id."""
-    submitted = Path(course_dir) / "submitted"
-    found = []
-    for student_dir in sorted(submitted.iterdir()) if submitted.is_dir() else []:
-        notebook = student_dir / ASSIGNMENT / NOTEBOOK
-        if student_dir.is_dir():
-            found.append((student_dir.name, notebook))
-    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,65 +256,111 @@ def _init_process(data: str, device: str, allow_unsandboxed: bool, threads: int)
                   allow_unsandboxed=allow_unsandboxed)
 
 
-def _grade_one(student: str, notebook: Path) -> tuple[str, dict | None, str | None]:
-    """(student, result as a dict, or None and the error that stopped this submission)."""
+def _grade_one(student: str, notebook: Path) -> tuple[str, dict]:
+    """(student, the result as a dict); a failure of the grader on this submission is
+    NOT GRADED, with the traceback in its diagnostics."""
     try:
         result = grade.grade(notebook, coco=_state["coco"], fixture=_state["fixture"],
                              device=_state["device"], allow_unsandboxed=_state["allow_unsandboxed"])
-        return student, result_to_dict(result), None
     except grade.GraderError:
         raise  # the grader cannot work at all: stop the batch
     except Exception as exc:  # this submission broke the grader: record it, go on
-        return student, None, f"{type(exc).__name__}: {exc}"
+        result = not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]},
+                            _state["device"])
+    return student, result_to_dict(result)
 
 
 def grade_class(course_dir: Path, *, jobs: int = 1, data: Path, device: str = "cpu",
-                allow_unsandboxed: bool = False, progress: bool = True) -> dict:
-    """Grade every submission not already graded; returns {student: result or error str}."""
-    secret = grade.grader_secret()
-    fingerprint = grader_fingerprint(secret)
-    store = ResultStore(Path(course_dir) / RESULTS_DIR)
-    outcomes, todo = {}, []
-    for student, notebook in find_submissions(course_dir):
-        key = submission_key(notebook, fingerprint) if notebook.is_file() else None
-        cached = store.get(student, key) if key else None
-        if key is None:
-            outcomes[student] = f"no {NOTEBOOK} in submitted/{student}/{ASSIGNMENT}/"
-        elif cached is not None:
-            outcomes[student] = cached
-        else:
-            todo.append((student, notebook, key))
-    print(f"{len(outcomes)} already graded or missing, {len(todo)} to grade with {jobs} job(s)",
-          file=sys.stderr)
+                allow_unsandboxed: bool = False, progress: bool = True, force: bool = False,
+                students=()) -> dict[str, grade.GradeResult]:
+    """Grade every submission not already graded; returns {student: result} for every
+    student folder (results of status NOT_GRADED included).
 
-    if todo:
-        _grade_in_parallel(todo, store, outcomes, jobs=jobs, progress=progress,
+    force: grade everyone again; students: grade these again (their stored result is ignored);
+    jobs: submissions graded at once, each in a process of its own; 0: one at a time, here.
+    """
+    course_dir = Path(course_dir)
+    check_points()
+    coco = load_data(data)  # a clear error now, rather than in every worker process
+    secret = grade.grader_secret()
+    fingerprint = grader_fingerprint(secret, data)
+    store = ResultStore(course_dir / RESULTS_DIR)
+    submissions = find_submissions(course_dir)
+    unknown = sorted(set(students) - {s.student for s in submissions})
+    if unknown:
+        raise grade.GraderError(f"no folder in {course_dir / 'submitted'} for student(s) "
+                                f"{', '.join(unknown)}")
+    outcomes, todo = {}, []
+    for sub in submissions:
+        if sub.notebook is None:
+            outcomes[sub.student] = nothing_to_grade(sub.note, device)
+            continue
+        key = submission_key(sub.notebook, fingerprint)
+        cached = None if force or sub.student in students else store.get(sub.student, key)
+        if cached is not None:
+            outcomes[sub.student] = with_note(cached, sub.note)
+        else:
+            todo.append((sub, key))
+    print(f"{len(outcomes)} already graded or with nothing to grade, {len(todo)} to grade with "
+          f"{jobs} job(s)", file=sys.stderr)
+
+    if todo and jobs == 0:  # in this process (debugging, tests), with the data loaded above
+        _state.update(coco=coco, fixture=checks.CaptionerFixture(coco), device=device,
+                      allow_unsandboxed=allow_unsandboxed)
+        _grade_here(todo, store, outcomes, progress=progress, device=device)
+    elif todo:
+        _grade_in_parallel(todo, store, outcomes, jobs=jobs, progress=progress, device=device,
                            initargs=(str(data), device, allow_unsandboxed,
                                      max(1, (os.cpu_count() or 1) // max(1, jobs))))
-    write_class_csv(Path(course_dir) / CLASS_CSV, outcomes)
+    write_class_csv(course_dir / CLASS_CSV, outcomes)
+    from autograder import nbgrader_autograde  # nbgrader's copy of each submission
+
+    nbgrader_autograde.write_nbgrader_inputs(course_dir, submissions)
     return outcomes
 
 
+def _record(student: str, result: dict, subs: dict, store: ResultStore, outcomes: dict) -> None:
+    sub, key = subs[student]
+    graded = result_from_dict(result)
+    store.put(student, key, graded)
+    outcomes[student] = with_note(graded, sub.note)
+
+
+def _grade_here(todo, store: ResultStore, outcomes: dict, *, progress: bool, device: str) -> None:
+    """--jobs 0: grade todo [(submission, key)] one after the other in this process (a
+    debugger or a test can step into the grader; Ctrl-C waits for the submission being
+    graded). Otherwise a pool of processes grades, which Ctrl-C stops at once."""
+    from tqdm import tqdm
+
+    subs = {sub.student: (sub, key) for sub, key in todo}
+    for sub, _ in tqdm(todo, disable=not progress, desc="grading", unit="submission"):
+        _record(*_grade_one(sub.student, sub.notebook), subs, store, outcomes)
+
+
 def _grade_in_parallel(todo, store: ResultStore, outcomes: dict, *, jobs: int, progress: bool,
-                       initargs: tuple) -> None:
-    """Grade todo [(student, notebook, key)] in jobs processes; store each result as it comes."""
+                       device: str, initargs: tuple) -> None:
+    """Grade todo [(submission, key)] in jobs processes; store each result as it comes."""
     from tqdm import tqdm
 
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads
     pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context,
                                initializer=_init_process, initargs=initargs)
-    keys = {student: key for student, _, key in todo}
-    futures = [pool.submit(_grade_one, student, notebook) for student, notebook, _ in todo]
+    subs = {sub.student: (sub, key) for sub, key in todo}
+    futures = {pool.submit(_grade_one, sub.student, sub.notebook): sub.student for sub, _ in todo}
     try:
         for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
                            desc="grading", unit="submission"):
-            student, result, error = future.result()
-            if result is not None:
-                graded = result_from_dict(result)
-                store.put(student, keys[student], graded)
-                outcomes[student] = graded
-            else:
-                outcomes[student] = error
+            student = futures[future]
+            try:
+                _, result = future.result()
+            except grade.GraderError:
+                raise
+            except Exception as exc:  # the batch's process died (killed, out of memory)
+                result = result_to_dict(not_graded(
+                    f"the grading process failed ({type(exc).__name__}: {str(exc)[:200]})",
+                    {"traceback": traceback.format_exc()[-4000:]}, device))
+            _record(student, result, subs, store, outcomes)
     except BaseException:
         # Ctrl-C or a fatal grader error: drop what has not started and do not wait for the
         # rest; every stored result is already complete.
@@ -178,20 +369,23 @@ def _grade_in_parallel(todo, store: ResultStore, outcomes: dict, *, jobs: int, p
     pool.shutdown()
 
 
-def write_class_csv(path: Path, outcomes: dict) -> None:
-    """A row per student: total, every test's points, and an error column."""
+def write_class_csv(path: Path, outcomes: dict[str, grade.GradeResult]) -> None:
+    """A row per student: status ("graded" or "not graded"), total (empty when NOT GRADED),
+    every test's points, the sandbox mode, and the notes (what was graded, or why not)."""
     points = checks.load_points()
     columns = [f"{unit}.{test}" for unit, tests in points.items() for test in tests]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "score", "max_score", *columns, "sandbox", "error"])
+        writer.writerow(["student", "status", "score", "max_score", *columns, "sandbox", "notes"])
         for student in sorted(outcomes):
             outcome = outcomes[student]
-            if isinstance(outcome, grade.GradeResult):
-                by_test = {f"{t.unit}.{t.test}": t.score for t in outcome.tests}
-                writer.writerow([student, outcome.score, outcome.max_score,
-                                 *[by_test.get(c, "") for c in columns], outcome.mode, ""])
+            if is_not_graded(outcome):
+                writer.writerow([student, grade.NOT_GRADED, "", outcome.max_score, *[""] * len(columns),
+                                 outcome.mode, not_graded_reason(outcome)])
             else:
-                writer.writerow([student, "", 100, *[""] * len(columns), "", outcome])
+                by_test = {f"{t.unit}.{t.test}": t.score for t in outcome.tests}
+                writer.writerow([student, "graded", outcome.score, outcome.max_score,
+                                 *[by_test.get(c, "") for c in columns], outcome.mode,
+                                 "; ".join(outcome.notes)])
     os.replace(tmp, path)

@@ -257,7 +257,7 @@ def _lost_reason(unit: str, report: UnitReport, budget: StudentText) -> str:
         return report.lost
     if how == "timeout":
         return f"stopped after the time limit of {worker_groups.UNIT_SECONDS} s (an endless loop?)"
-    if how == "killed" and ended.get("signal") == 24:  # SIGXCPU
+    if how == "cpu" or (how == "killed" and ended.get("signal") == 24):  # SIGXCPU
         return f"stopped after {worker_groups.UNIT_CPU_SECONDS} s of CPU time (the limit)"
     if how == "killed":
         return f"your code was killed (signal {budget(ended.get('signal'))}; out of memory?)"

@@ -1,6 +1,7 @@
 """The grading worker: runs one group's units on the grader's inputs, inside its sandbox.
 
     python worker.py --job FD --results FD [--served REQUEST_FD,REPLY_FD] [--preload MODULE]...
+                     [--own-pid-namespace]
 
 One sandbox runs one worker group (see workers.py). This process imports torch, makes
 itself non-dumpable and reads its job (job.json and the hidden inputs, one .npz) from the
@@ -135,10 +136,12 @@ def collect(pid: int, read_fd: int, job: dict) -> tuple[dict, bytes]:
     """Wait for a unit's child while reading what it sends; stop it at its time limits.
 
     Returns (how it ended, the bytes it sent, at most MAX_UNIT_OUTPUT_BYTES). A child past
-    ``unit_seconds`` of its own time (active_seconds) ended with "timeout", one still alive
-    after ``unit_wall_seconds`` of wall-clock time (a machine too busy to judge it) "busy".
+    ``unit_seconds`` of its own time (active_seconds) ended with "timeout", one whose
+    processes together used ``unit_cpu_seconds`` of CPU "cpu", one still alive after
+    ``unit_wall_seconds`` of wall-clock time (a machine too busy to judge it) "busy".
     """
     started = time.monotonic()
+    _UNIT_CPU.update(base=_reaped_cpu_seconds(), checked=0.0)
     received, size, ended, open_ = [], 0, None, True
     os.set_blocking(read_fd, False)
     while open_ or ended is None:
@@ -158,6 +161,7 @@ def collect(pid: int, read_fd: int, job: dict) -> tuple[dict, bytes]:
         if ended is None:
             ended = _check_child(pid, started, job)
     os.close(read_fd)
+    ended.setdefault("seconds", round(time.monotonic() - started, 1))
     if size > MAX_UNIT_OUTPUT_BYTES:
         return {**ended, "oversized": size}, b""
     return ended, b"".join(received)
@@ -171,15 +175,44 @@ def _check_child(pid: int, started: float, job: dict) -> dict | None:
                  else {"ended": "exited", "code": os.WEXITSTATUS(status)})
     else:
         wall = time.monotonic() - started
-        if active_seconds(pid, wall) <= job["unit_seconds"] and wall <= job["unit_wall_seconds"]:
+        if wall > job["unit_wall_seconds"]:
+            how = "busy"
+        elif active_seconds(pid, wall) > job["unit_seconds"]:
+            how = "timeout"
+        elif wall - _UNIT_CPU["checked"] > 0.25 and unit_cpu_seconds() > job["unit_cpu_seconds"]:
+            how = "cpu"  # its processes together: many of them starve its main one
+        else:
+            _UNIT_CPU["checked"] = wall if wall - _UNIT_CPU["checked"] > 0.25 else _UNIT_CPU["checked"]
             return None
         kill_group(pid)
         os.waitpid(pid, 0)
-        ended = {"ended": "timeout" if wall <= job["unit_wall_seconds"] else "busy",
-                 "seconds": round(wall, 1)}
+        ended = {"ended": how, "seconds": round(wall, 1)}
     kill_group(pid)  # what it left running may hold the pipe open
     kill_leftovers()
     return ended
+
+
+_UNIT_CPU = {"base": 0.0, "checked": 0.0}  # this process's reaped CPU at the unit's start
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _reaped_cpu_seconds() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def unit_cpu_seconds() -> float:
+    """CPU time of the running unit's processes, the ones that ended included: every other
+    process here, with what they reaped, and what this process reaped since the unit began."""
+    total = _reaped_cpu_seconds() - _UNIT_CPU["base"]
+    for pid in other_processes():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(value) for value in fields[11:15]) / _TICKS  # utime..cstime
+        except (OSError, IndexError, ValueError):
+            pass  # ended meanwhile: its parent's cutime has it
+    return total
 
 
 def kill_group(pid: int) -> None:
@@ -245,25 +278,36 @@ def fork_before(deadline: float) -> int | None:
             time.sleep(0.05)
 
 
-def children_of(pid: int) -> list[int]:
+_OWN_PID_NAMESPACE = {"yes": False}  # set by --own-pid-namespace (the bwrap sandbox)
+
+
+def other_processes() -> list[int]:
+    """Every process of this sandbox but its init (pid 1), the reaper (this process's parent)
+    and this one: the sandbox runs one group, so all others are what units left. Without a
+    pid namespace of its own (unsandboxed), only this process's children."""
+    keep = {1, os.getppid(), os.getpid()}
     found = []
     for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # not a process, or it ended meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(entry))
+        if not entry.isdigit() or int(entry) in keep:
+            continue
+        if not _OWN_PID_NAMESPACE["yes"]:
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                        continue
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+        found.append(int(entry))
     return found
 
 
 def kill_leftovers() -> None:
-    """Kill what a unit left running. This process is the subreaper, so a unit's
-    descendants that escaped its process group (setsid, double fork) are its children."""
-    deadline = time.monotonic() + 2.0
+    """Kill whatever a unit left running (setsid, double forks, a fork bomb still forking):
+    SIGKILL to every other process, again until none is left; a killed process forks no
+    more, and this process, the subreaper, reaps the orphans."""
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
-        leftovers = children_of(os.getpid())
+        leftovers = other_processes()
         if not leftovers:
             return
         for pid in leftovers:
@@ -350,6 +394,8 @@ def parse_arguments(argv: list[str]) -> tuple[int, int, tuple[int, ...], list[st
             served_fds = tuple(int(fd) for fd in next(rest).split(","))
         elif argument == "--preload":
             preload.append(next(rest))
+        elif argument == "--own-pid-namespace":
+            _OWN_PID_NAMESPACE["yes"] = True
     return job_fd, results_fd, served_fds, preload
 
 

@@ -107,6 +107,8 @@ class GroupSandbox:
             self._served = (request_read, reply_write)
             passed += [request_write, reply_read]
             argv += ["--served", f"{request_write},{reply_read}"]
+        if sandbox.sandbox_status()[0]:  # bwrap: every other process there is the group's
+            argv.append("--own-pid-namespace")
         units = len(GROUP_UNITS[group])
         limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60),
                                 **SANDBOX_LIMITS)

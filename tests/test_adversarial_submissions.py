@@ -13,6 +13,7 @@ import time
 import pytest
 
 from autograder import forbidden, workers
+from catalogue import isolation_attacks
 from catalogue.adversarial import MALFORMED, SUBMISSIONS, reason_matches, write_notebook
 from grading import failures, grade_notebook
 
@@ -36,7 +37,7 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("submission", SUBMISSIONS, ids=lambda s: s.id)
+@pytest.mark.parametrize("submission", SUBMISSIONS + isolation_attacks.SUBMISSIONS, ids=lambda s: s.id)
 def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypatch):
     # The static screen (forbidden.find_forbidden_in_cells) would exclude many attacks before
     # they run; here it sees nothing, so that the sandbox itself must hold against code the
@@ -60,7 +61,7 @@ def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypat
         elif attack is None and submission.others_may_lose:
             if t.score not in (0, t.max_score) or (t.score == 0 and "ended early" not in t.reason):
                 problems.append(f"{t.unit}.{t.test} (honest, beside a sandbox killer): {t.score}/{t.max_score} {t.reason}")
-        elif attack is None or attack.outcome == "full":
+        elif attack is None or attack.outcome == "full" or (attack.tests and t.test not in attack.tests):
             if t.score != t.max_score:
                 who = f"attacked: {attack.what}" if attack else "honest"
                 problems.append(f"{t.unit}.{t.test} ({who}) lost points: {t.reason}")
@@ -68,7 +69,11 @@ def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypat
             problems.append(f"{t.unit}.{t.test} (attacked: {attack.what}): {t.score}/{t.max_score}, "
                             f"reason {t.reason!r} does not match {attack.reason!r}")
     assert not problems, "\n".join(problems) + f"\n(graded in {elapsed:.0f} s)\nall lost:\n" + failures(result)
-    assert result.max_score == 100 and result.mode == "bwrap"
+    assert result.max_score == 100 and result.mode == "bwrap" and result.status == "graded"
+    reasons = [t.reason for t in result.tests]
+    assert not isolation_attacks.leaks_reference(reasons), isolation_attacks.exfiltrated_text(reasons)[:500]
+    dirty = [r for r in reasons + result.notes if r and not isolation_attacks.reason_is_clean(r)]
+    assert not dirty, dirty
 
 
 @pytest.mark.parametrize("malformed", MALFORMED, ids=lambda m: m.id)

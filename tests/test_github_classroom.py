@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,8 @@ def test_workflow_is_valid_yaml_and_grades_with_the_pinned_grader():
     grade = next(s for s in steps if s.get("id") == "grade")
     # The same entry point as everywhere else, run from the grader's checkout.
     assert grade["working-directory"] == "grader"
-    assert "python -m autograder grade ../submission/rnn_captioning.ipynb" in grade["run"]
+    # The submission's folder: the grader picks rnn_captioning.ipynb in it (see submission.py).
+    assert "python -m autograder grade ../submission --results results.json" in grade["run"]
     reporter = steps[-1]
     assert reporter["uses"].startswith("classroom-resources/autograding-grading-reporter")
     assert reporter["with"]["runners"] == "grade" and "GRADE_RESULTS" in reporter["env"]
@@ -37,3 +39,19 @@ def test_classroom_payload_carries_the_points(tmp_path):
     payload = json.loads(base64.b64decode(done.stdout))
     assert payload["max_score"] == 10 and payload["status"] == "fail"
     assert [(t["score"], t["status"]) for t in payload["tests"]] == [(7, "pass"), (0, "fail")]
+
+
+def test_workflow_grades_with_the_instructors_secret_and_fails_clearly_without_it(tmp_path):
+    # Without the fix the workflow passed no secret: every run drew a new one, so the same
+    # submission got different hidden inputs (and possibly a different score) each time.
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    grade = next(s for s in workflow["jobs"]["run-autograding-tests"]["steps"] if s.get("id") == "grade")
+    assert grade["env"]["CAPTIONING_GRADER_SECRET"] == "${{ secrets.CAPTIONING_GRADER_SECRET }}"
+    # An unset secret reaches the step as an empty string. Run the step as Actions does
+    # (bash -e); it must stop before grading (here, python would not even be found).
+    env = {k: v for k, v in os.environ.items() if k != "CAPTIONING_GRADER_SECRET"}
+    done = subprocess.run(["bash", "-e", "-c", grade["run"]], cwd=tmp_path, capture_output=True,
+                          text=True, env={**env, "CAPTIONING_GRADER_SECRET": "", "GITHUB_OUTPUT": str(tmp_path / "out")})
+    assert done.returncode != 0
+    assert "::error::The CAPTIONING_GRADER_SECRET secret is not set" in done.stdout
+    assert not (tmp_path / "out").exists()

@@ -94,6 +94,25 @@ def test_builder_rejects_a_source_without_a_units_cell():
         build_notebook.build_notebook(text)
 
 
+@pytest.mark.parametrize("change, message", [
+    (("forward = 4", "forward = 3"), "totals 99 points, not 100"),
+    (("forward = 4", "forward = 4.5"), "whole number"),
+    (("[rnn_step_forward]", "[rnn_step_forward"), "cannot be read"),
+])
+def test_make_notebook_refuses_points_the_grader_would_refuse(tmp_path, monkeypatch, capsys, change, message):
+    # Without the fix `make notebook` and `make release` accepted a total of 99, and grading
+    # then died with a traceback.
+    points = tmp_path / "points.toml"
+    points.write_text(build_notebook.POINTS_FILE.read_text().replace(*change, 1))
+    monkeypatch.setattr(build_notebook, "POINTS_FILE", points)
+    monkeypatch.setattr(build_notebook, "NOTEBOOK", tmp_path / "built.ipynb")  # never the real one
+    for argv in ([], ["--check"]):  # make notebook, make release
+        assert build_notebook.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {points}") and message in err
+    assert not (tmp_path / "built.ipynb").exists()
+
+
 @pytest.mark.parametrize("device", devices())
 def test_instructor_notebook_runs_top_to_bottom(tmp_path, monkeypatch, device):
     notebook, error = execute(copy_notebook_dir(SOURCE_DIR, tmp_path / "nb"), monkeypatch, device)

@@ -42,6 +42,7 @@ class Attack:
     code: str
     outcome: str  # "zero" or "full"
     reason: str = ""  # regex every lost test's reason must match (outcome "zero")
+    tests: tuple = ()  # outcome "zero" for these tests only (the others keep their points)
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,10 @@ PROCESS_ENDS = Submission("process-ends", (
     Attack("temporal_softmax_loss", "sys.exit(0) inside the function",
            "import sys\n\ndef temporal_softmax_loss(x, y, ignore_index=None):\n    sys.exit(0)\n",
            "zero", r"SystemExit"),
+    # Each test reports as it ends: step_forward, done before forward ends the process, counts.
     Attack("LSTM", "os._exit(0) inside forward (step_forward is honest)", ref("LSTM").replace(
-        "        hn = None\n", "        hn = None\n        os._exit(0)\n"), "zero", r"exit status 0"),
+        "        hn = None\n", "        hn = None\n        os._exit(0)\n"), "zero", r"exit status 0",
+        tests=("forward", "gradients")),
     Attack("dot_product_attention", "os.kill(os.getpid(), 9) inside the function",
            ref("dot_product_attention").replace('    attn, attn_weights = None, None\n',
                                                 '    attn, attn_weights = None, None\n    os.kill(os.getpid(), 9)\n'),
@@ -260,8 +263,8 @@ PROCESS_ENDS = Submission("process-ends", (
         "zero", r"exit status 0"),
 ))
 
-# One sandbox grades the whole submission, its groups running as the same user: killing
-# every process it can see ends the submission's grading. Only its own units lose.
+# Killing every process it can see ends its own sandbox (its group's), twice: only its own
+# units lose, with that reason; the other groups run in sandboxes of their own.
 KILLS_ITS_SANDBOX = Submission("kills-its-sandbox", (
     Attack("AttentionLSTM", "os.kill(-1, 9) at import: every process it can see",
            "import os\nos.kill(-1, 9)\n" + reference.strip_solutions(ref("AttentionLSTM")), "zero",
