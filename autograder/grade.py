@@ -41,7 +41,8 @@ from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
 SECRET_FILE = AUTOGRADER_DIR / ".grader_secret"
-MAX_OUTPUT_BYTES = 256 << 20  # uncompressed size of a worker's outputs.npz
+MAX_OUTPUT_BYTES = 256 << 20  # unpacked size of all of one unit's outputs
+MAX_FRAMES = 16  # a unit reports once per test (at most 6) and once more when its cell fails
 
 
 @dataclass
@@ -195,21 +196,24 @@ class UnitReport:
 
 def parse_report(ended: dict, sent: bytes) -> UnitReport:
     """The frames a unit sent, one per test (untrusted: malformed parts are dropped)."""
-    report = UnitReport(ended)
-    for header, payload in wire.split_frames(sent, worker_groups.MAX_UNIT_REPORT_BYTES):
+    report, unpacked = UnitReport(ended), 0
+    for header, payload in wire.split_frames(sent, worker_groups.MAX_UNIT_REPORT_BYTES)[:MAX_FRAMES]:
         errors, violations = header.get("errors"), header.get("violations")
         report.errors += [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
         if isinstance(violations, list):
             report.violations = [str(v) for v in violations][:20]
-        report.outputs.update(read_outputs(payload))
+        outputs = read_outputs(payload, MAX_OUTPUT_BYTES - unpacked)
+        unpacked += sum(a.nbytes for a in outputs.values())
+        report.outputs.update(outputs)
     return report
 
 
-def read_outputs(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an outputs .npz, refusing pickles and oversized or malformed files."""
+def read_outputs(data: bytes, limit: int = MAX_OUTPUT_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an outputs .npz, refusing pickles, files that unpack to more than limit
+    bytes, and malformed ones."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if sum(info.file_size for info in archive.infolist()) > MAX_OUTPUT_BYTES:
+            if sum(info.file_size for info in archive.infolist()) > limit:
                 return {}
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -423,7 +427,7 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
                         failures[group] += 1
                         continue
                     reports[unit] = parse_report(ended, sent)
-            if outcome.running in units and outcome.running not in reports:
+            if outcome.running in units and outcome.running not in reports and not outcome.watchdog:
                 deaths[outcome.running] += 1
                 if deaths[outcome.running] >= 2:
                     reports[outcome.running] = UnitReport({}, lost=(

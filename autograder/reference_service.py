@@ -97,7 +97,8 @@ class ReferenceService:
         if name not in self.names or op not in ("forward", "backward"):
             raise _Refused(f"{str(name)[:60]} is not provided here")
         try:
-            value = wire.unpack(header.get("value"), payload, wire.MAX_CALL_ELEMENTS, torch.from_numpy)
+            value = wire.unpack(header.get("value"), payload, wire.MAX_CALL_ELEMENTS, torch.from_numpy,
+                                max_dim=wire.MAX_CALL_DIM, max_dims=4)
         except wire.WireError as exc:
             raise _Refused(f"arguments the grader cannot take: {exc}") from None
         if not isinstance(value, dict) or not isinstance(value.get("args"), (list, tuple)) \

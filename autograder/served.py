@@ -35,9 +35,10 @@ def _ask(op: str, name: str, value) -> object:
     if not _connection:
         raise RuntimeError(f"{name} is provided by the grader, which is not reachable here")
     tree, payload = wire.pack(value, _to_array)
-    if len(payload) > 8 * wire.MAX_CALL_ELEMENTS:
+    if len(payload) > 8 * wire.MAX_CALL_ELEMENTS or any(
+            n > wire.MAX_CALL_DIM for t in _tensors(value) for n in t.shape):
         raise ValueError(f"arguments too large for the provided {name}: {len(payload)} bytes "
-                         f"(at most {wire.MAX_CALL_ELEMENTS} numbers)")
+                         f"(at most {wire.MAX_CALL_ELEMENTS} numbers, sizes up to {wire.MAX_CALL_DIM})")
     try:
         wire.write_frame(_connection["request"], {"op": op, "name": name, "value": tree}, payload)
         reply = wire.read_frame(_connection["reply"], MAX_REPLY_BYTES)

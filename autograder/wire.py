@@ -25,6 +25,7 @@ MAX_DIMS = 8
 # Array elements in one call of a served function (served.py, reference_service.py): the
 # captioner's largest legitimate call holds about 21,000.
 MAX_CALL_ELEMENTS = 1 << 18
+MAX_CALL_DIM = 4096  # no size of a legitimate call's arrays is larger (V = 443, T = 16)
 MAX_CALL_BYTES = 8 * MAX_CALL_ELEMENTS + (1 << 16)
 
 
@@ -110,22 +111,28 @@ def pack(value, to_array=np.asarray) -> tuple[object, bytes]:
     return tree, b"".join(a.tobytes() for a in arrays)
 
 
-def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a):
+def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
+           max_dim: int | None = None, max_dims: int = MAX_DIMS):
     """The value that pack() made, checked; arrays become from_array(numpy array).
 
-    Raises WireError for anything pack() would not have produced, or arrays that hold more
-    than max_elements elements together.
+    Raises WireError for anything pack() would not have produced, arrays that hold more
+    than max_elements elements together (an empty array counts as if its zero sizes were
+    ones: its other sizes still shape what is computed from it), a size over max_dim or more
+    than max_dims dimensions.
     """
     budget = [max_elements]
     offset = [0]
 
     def array(node):
         dtype, shape = node.get("dtype"), node.get("shape")
-        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
-                isinstance(n, int) and not isinstance(n, bool) and 0 <= n for n in shape):
-            raise WireError("malformed array")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        budget[0] -= count
+        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > max_dims or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= (max_dim or max_elements)
+                for n in shape):
+            raise WireError("malformed array, or a size over the bounds")
+        count = 1
+        for n in shape:
+            count *= n
+        budget[0] -= max(count, max([1, *shape]))
         if budget[0] < 0:
             raise WireError(f"arrays larger than {max_elements} elements in all")
         size = count * np.dtype(dtype).itemsize

@@ -395,7 +395,9 @@ def parse_arguments(argv: list[str]) -> tuple[int, int, tuple[int, ...], list[st
         elif argument == "--preload":
             preload.append(next(rest))
         elif argument == "--own-pid-namespace":
-            _OWN_PID_NAMESPACE["yes"] = True
+            # bwrap's init is 1, the reaper 2, this worker 3: anything else is not a sandbox
+            # of its own, where signalling "every other process" would reach the machine's.
+            _OWN_PID_NAMESPACE["yes"] = os.getpid() <= 4
     return job_fd, results_fd, served_fds, preload
 
 

@@ -45,7 +45,8 @@ SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, o
 # other. The caching allocator enforces it in the unit's own process (which could raise it
 # again: a cooperative bound, see the README).
 CUDA_MEMORY_FRACTION = 0.1
-MAX_UNIT_REPORT_BYTES = 80 << 20  # a unit's outputs (worker.MAX_UNIT_OUTPUT_BYTES) and more
+MAX_UNIT_REPORT_BYTES = 80 << 20
+SERVED_GRACE_SECONDS = 30  # a unit's outputs (worker.MAX_UNIT_OUTPUT_BYTES) and more
 
 UNITS = tuple(reference_source.graded_units())
 # The student's own code of these units runs with the unit (a backward pass needs the
@@ -77,6 +78,7 @@ class GroupOutcome:
     problem: str = ""  # why the report stream broke, if it did
     sandbox: "sandbox.SandboxResult | None" = None
     error: str = ""  # the sandbox could not run at all
+    watchdog: bool = False  # the grader stopped it for silence: the machine's fault, not a unit's
 
     def diagnostics(self) -> dict:
         """Instructor-only: how the sandbox ended and the tail of its stderr."""
@@ -119,10 +121,8 @@ class GroupSandbox:
                 self.outcome.sandbox = sandbox.run_worker(
                     argv, readonly_files=files, limits=limits, allow_unsandboxed=allow_unsandboxed,
                     pass_fds=tuple(passed), cancel=self._cancel)
-            except BaseException as exc:
+            except BaseException as exc:  # run_worker has closed the passed descriptors
                 self.outcome.error = f"{type(exc).__name__}: {exc}"
-                for fd in passed:  # run_worker closes them, unless it failed before
-                    _close(fd)
 
         # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
         # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
@@ -162,8 +162,13 @@ class GroupSandbox:
         for fd in self._served or ():
             _close(fd)
         self._served = None
-        for thread in self._threads:
-            thread.join()
+        sandbox_thread, reports_thread, *served_threads = self._threads
+        sandbox_thread.join()
+        reports_thread.join()
+        for thread in served_threads:  # its sandbox has ended: a call still running is abandoned
+            thread.join(timeout=SERVED_GRACE_SECONDS)
+            if thread.is_alive():
+                self.outcome.problem = self.outcome.problem or "a served call was still running"
         return self.outcome
 
     def _read_reports(self) -> None:
@@ -177,6 +182,7 @@ class GroupSandbox:
                                         else max(deadline - time.monotonic(), 0))[0]:
                     if not self._cancel.is_set():  # silent too long: stop it, await the end
                         self.outcome.problem = f"the worker was silent for {allowance} s"
+                        self.outcome.watchdog = True
                         self._cancel.set()
                 frame = wire.read_frame(fd, MAX_UNIT_REPORT_BYTES)
                 if frame is None:

@@ -353,7 +353,7 @@ RESOURCES = Submission("resources", (
            GIGABYTE_OF_OUTPUT, "full"),
     Attack("temporal_softmax_loss", "opens network sockets (LEAK if any connects), then honest code",
            NETWORK, "full"),
-    Attack("LSTM", "a fork bomb at import", FORK_BOMB, "zero", r"time limit|signal|ended the process"),
+    Attack("LSTM", "a fork bomb at import", FORK_BOMB, "zero", r"time limit|CPU time|signal|ended the process"),
     # dot_product_attention runs after the fork bomb, in the same worker: it keeps its points.
 ), omit=("AttentionLSTM", "CaptioningRNN"), unit_timeout=10)
 
