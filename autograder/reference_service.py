@@ -138,13 +138,7 @@ def _invoke(name: str, value: dict):
 
 
 def _tensors(value) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+    return wire.leaves(value, torch.Tensor)
 
 
 def _gradients(name: str, value: dict) -> list:

@@ -53,14 +53,7 @@ def _ask(op: str, name: str, value) -> object:
 
 
 def _tensors(value) -> list:
-    """The tensors of a value tree, in the order wire.pack visits them."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+    return wire.leaves(value, torch.Tensor)
 
 
 def _replace_tensors(value, tensors):

@@ -111,6 +111,17 @@ def pack(value, to_array=np.asarray) -> tuple[object, bytes]:
     return tree, b"".join(a.tobytes() for a in arrays)
 
 
+def leaves(value, kind) -> list:
+    """The objects of type kind (tensors, arrays) in a value tree, in the order pack visits."""
+    if isinstance(value, kind):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [leaf for v in value for leaf in leaves(v, kind)]
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in leaves(v, kind)]
+    return []
+
+
 def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
            max_dim: int | None = None, max_dims: int = MAX_DIMS):
     """The value that pack() made, checked; arrays become from_array(numpy array).
