@@ -668,13 +668,13 @@ WORKER_TAMPERING = Submission("worker-tampering", (
     Attack("temporal_softmax_loss", "ends at import, leaving the outputs WordEmbedding forged",
            "import os\nos._exit(0)\n", "zero", r"relative error|exit status 0|no output"),
     Attack("rnn_forward", "nn.RNN through importlib and a built name", RNN_THROUGH_IMPORTLIB, "zero",
-           r"not allowed"),
+           r"not allowed|forbids"),
     Attack("LSTM", "nn.LSTM's kernels through getattr: torch._C._VariableFunctions.lstm_cell and "
-           "torch.ops.aten.lstm", LSTM_THROUGH_ATEN, "zero", r"not allowed"),
+           "torch.ops.aten.lstm", LSTM_THROUGH_ATEN, "zero", r"not allowed|forbids"),
     Attack("dot_product_attention", "F.scaled_dot_product_attention through importlib and getattr",
-           ATTENTION_THROUGH_IMPORTLIB, "zero", r"not allowed"),
+           ATTENTION_THROUGH_IMPORTLIB, "zero", r"not allowed|forbids"),
     Attack("AttentionLSTM", "replaces forbidden.guard with a no-op, then torch.lstm_cell through getattr",
-           ATTENTION_LSTM_WITHOUT_GUARD, "zero", r"not allowed"),
+           ATTENTION_LSTM_WITHOUT_GUARD, "zero", r"not allowed|forbids"),
 ), omit=("CaptioningRNN",))
 
 # ---------------------------------------------------------------------------------------
