@@ -238,8 +238,6 @@ def clean_text(text, limit: int = MAX_REASON_CHARS) -> str:
     return text[:limit]
 
 
-clean_reason = clean_text
-
 
 class StudentText:
     """The budget of student-controlled text in one submission's results."""
