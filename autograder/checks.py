@@ -14,7 +14,10 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), all in float64, TF32 off
 
 import contextlib
 import hashlib
+import importlib.metadata
 import math
+import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,11 @@ from autograder import runners
 from solution import captioning as reference
 
 POINTS_FILE = Path(__file__).with_name("points.toml")
+# The grader's image encoder: torchvision's RegNet-X 400MF with its own initialisation, seeded
+# (features of a sensible scale, so that the image really shapes h0). Its features of the val
+# images are computed once and kept here, so that grading never imports torchvision.
+ENCODER_SEED = 0
+FEATURES_CACHE = Path(__file__).resolve().parent.parent / "data" / "encoder_features.pt"
 FORWARD_TOL = 1e-6
 NUMERIC_TOL = 1e-5
 NUMERIC_STEP = 1e-6
@@ -157,23 +165,63 @@ def _cases(unit: str, test: str, d: _Draw) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------------------------------
 
 
+def _features_key(coco: dict) -> str:
+    """What the encoder's features depend on: the images, the libraries, the seed."""
+    digest = hashlib.sha256(coco["val_images"].contiguous().numpy().tobytes())
+    for package in ("torch", "torchvision"):
+        digest.update(f"{package}={importlib.metadata.version(package)};".encode())
+    digest.update(f"seed={ENCODER_SEED}".encode())
+    return digest.hexdigest()
+
+
+def encoder_features(coco: dict, cache: Path = FEATURES_CACHE) -> torch.Tensor:
+    """The grader's encoder features of every val image, (N_val, 400, 4, 4) float64.
+
+    Read from cache when it holds the features of these images by these libraries; else
+    computed (importing torchvision: about 3 s) and written there, atomically, for the next
+    grader. A cache that cannot be read or written costs time, never a wrong feature.
+    """
+    key = _features_key(coco)
+    try:
+        stored = torch.load(cache, weights_only=True)
+        if stored["key"] == key:
+            return stored["features"]
+    except Exception:  # missing, stale, truncated, written by another version
+        pass
+    torch.manual_seed(ENCODER_SEED)
+    encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
+    with torch.no_grad():
+        features = torch.cat([encoder(batch) for batch in coco["val_images"].split(32)])
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
+        with os.fdopen(handle, "wb") as f:
+            torch.save({"key": key, "features": features}, f)
+        os.replace(temporary, cache)
+    except OSError:
+        pass
+    return features
+
+
+@contextlib.contextmanager
+def _encoder_passes_features():
+    """Reference captioners built inside take precomputed features for images, as the
+    sandbox's do (runners.PrecomputedFeatures): no torchvision, no encoder weights."""
+    original, reference.ImageEncoder = reference.ImageEncoder, runners.PrecomputedFeatures
+    try:
+        yield
+    finally:
+        reference.ImageEncoder = original
+
+
 class CaptionerFixture:
-    """The data and encoder weights the CaptioningRNN tests share (built once per grader)."""
+    """The data and encoder features the CaptioningRNN tests share (built once per grader)."""
 
     def __init__(self, coco: dict):
         self.coco = coco
         self.word_to_idx = coco["vocab"]["token_to_idx"]
-        # torchvision's own initialisation, seeded: features of a sensible scale, so that
-        # the image really shapes h0 (weights drawn otherwise saturated every tanh).
-        torch.manual_seed(0)
-        self.encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
-        self.encoder_state = {f"image_encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        self.features = encoder_features(coco)  # (N_val, 400, 4, 4), indexed like val_images
         self._bases = {}  # cell type -> a reference captioner whose weights get redrawn
-
-    def encoder_state_inputs(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights as runner inputs, for the reference captioner here (the
-        sandbox gets the features it computes instead, see cases)."""
-        return {f"state.{k}": v for k, v in self.encoder_state.items()}
 
     def cases(self, test: str, d: _Draw) -> tuple[list[tuple[str, dict]], dict]:
         cell_type = test.split("_", 1)[1]
@@ -181,43 +229,38 @@ class CaptionerFixture:
                        ignore_index=self.word_to_idx["<NULL>"], **CAPTION_MODEL)
         n_images = 3
         picks = torch.randperm(len(self.coco["val_captions"]), generator=d.g)[:n_images]
-        # The images go through the encoder here, once: the captioner's "images" are these
-        # features, which ImageEncoder passes through (no sandbox needs torchvision).
-        with torch.no_grad():
-            images = self.encoder(self.coco["val_images"][self.coco["val_image_idxs"][picks]])
+        # The captioner's "images" are their encoder features, which the provided
+        # ImageEncoder passes through (no sandbox needs torchvision).
+        images = self.features[self.coco["val_image_idxs"][picks]]
         model_seed = int(d.randint(2**31, 1))
         if test.startswith("sample_"):
             model = self._model_whose_captions_end(cell_type, model_seed, images, options)
         else:
             model = self._model(cell_type, model_seed)
-        state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
-        inputs = {f"state.{k}": v.clone() for k, v in state.items()}
+        inputs = {f"state.{k}": v.clone() for k, v in model.state_dict().items()}
         inputs["images"] = images
         if test.startswith("loss_"):
             inputs["captions"] = self.coco["val_captions"][picks]
         return [(f"N={n_images} COCO val images", inputs)], options
 
     def _model(self, cell_type: str, seed: int):
-        """The reference captioner with the shared encoder and other weights drawn from seed.
+        """The reference captioner (taking encoder features) with weights drawn from seed.
 
-        One model per cell type is built (a RegNet costs 0.1 s to build) and its trainable
-        weights are drawn again for each test, each scaled by 1/sqrt(its input size).
+        One model per cell type is built; its weights are drawn again for each test, each
+        scaled by 1/sqrt(its input size).
         """
         if cell_type not in self._bases:
-            with _no_initialisation():  # every weight is set below
-                model = reference.CaptioningRNN(
+            with _no_initialisation(), _encoder_passes_features():  # every weight is set below
+                self._bases[cell_type] = reference.CaptioningRNN(
                     self.word_to_idx, wordvec_dim=CAPTION_MODEL["wordvec_dim"],
                     hidden_dim=CAPTION_MODEL["hidden_dim"], cell_type=cell_type,
                     image_encoder_pretrained=False).double()
-            model.load_state_dict({**model.state_dict(), **self.encoder_state})
-            self._bases[cell_type] = model
         model = self._bases[cell_type]
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if not name.startswith("image_encoder."):
-                    fan_in = param.shape[-1] if name.endswith("weight") else param.shape[0]
-                    param.copy_(torch.randn(param.shape, generator=g, dtype=param.dtype) / math.sqrt(fan_in))
+                fan_in = param.shape[-1] if name.endswith("weight") else param.shape[0]
+                param.copy_(torch.randn(param.shape, generator=g, dtype=param.dtype) / math.sqrt(fan_in))
         return model
 
     def _model_whose_captions_end(self, cell_type: str, seed: int, images, options):
@@ -325,8 +368,11 @@ def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) 
             run = runners.runner(unit, name)
             cases = []
             for label, inputs in raw:
-                full = {**inputs, **fixture.encoder_state_inputs()} if unit == "CaptioningRNN" else inputs
-                expected = run(namespace, full, options) if options else run(namespace, inputs)
+                if options:
+                    with _encoder_passes_features():
+                        expected = run(namespace, inputs, options)
+                else:
+                    expected = run(namespace, inputs)
                 case = Case(label, inputs, {k: v.detach() for k, v in expected.items()})
                 if unit in ("rnn_step_backward", "rnn_backward"):
                     case.numeric = _numeric_gradients(unit, inputs)

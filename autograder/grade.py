@@ -18,6 +18,7 @@ outside any unit makes the submission NOT GRADED, never a score.
 import ast
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -397,8 +398,8 @@ def screen(cells: dict[str, str]) -> dict[str, str]:
 
 def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: bool,
               started: Workers | None) -> tuple[dict, str, dict]:
-    """Run every runnable unit in its group's sandbox: ({unit: UnitReport}, why the
-    submission cannot be graded or "", instructor-only diagnostics).
+    """Run every runnable unit in the submission's sandbox, group after group: ({unit:
+    UnitReport}, why the submission cannot be graded or "", instructor-only diagnostics).
 
     A sandbox that ends before all its units have ended is started again for the rest. The
     unit running when a sandbox died is blamed once it has happened twice (it then gets
@@ -406,40 +407,43 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
     blame (its start, a machine too busy) makes the submission NOT GRADED.
     """
     pending = {group: [u for u in units if u in runnable] for group, units in WORKER_GROUPS}
-    reports, deaths, failures, diagnostics = {}, Counter(), Counter(), {}
-    while any(pending.values()):
-        boxes = started or Workers(allow_unsandboxed, groups=[g for g, units in pending.items() if units])
+    reports, deaths, failures, diagnostics = {}, Counter(), 0, {}
+    for attempt in itertools.count(1):
+        if not any(pending.values()):
+            break
+        box = started or Workers(allow_unsandboxed, groups=[g for g, units in pending.items() if units])
         started = None
         try:
             for group, units in pending.items():
                 if units:
-                    boxes.send(group, job_blob(units, cells, tests, device, runnable), service_for(units))
+                    box.send(group, job_blob(units, cells, tests, device, runnable), service_for(units))
         finally:
-            outcomes = boxes.wait()
-        for group, outcome in outcomes.items():
-            units = pending.get(group, [])
-            for unit in units:
-                if unit in outcome.ended:
-                    ended, sent = outcome.ended[unit]
-                    if ended.get("ended") == "busy":  # the machine's fault: run it again
-                        failures[group] += 1
-                        continue
+            outcome = box.wait()
+        waiting = [u for units in pending.values() for u in units]
+        busy = False
+        for unit in waiting:
+            if unit in outcome.ended:
+                ended, sent = outcome.ended[unit]
+                if ended.get("ended") == "busy":  # the machine's fault: run it again
+                    busy = True
+                else:
                     reports[unit] = parse_report(ended, sent)
-            if outcome.running in units and outcome.running not in reports and not outcome.watchdog:
-                deaths[outcome.running] += 1
-                if deaths[outcome.running] >= 2:
-                    reports[outcome.running] = UnitReport({}, lost=(
-                        "the grading process ended while your code ran (twice): it may have "
-                        "killed or stopped its own process, or used too much memory"))
-            elif any(u not in reports for u in units):
-                failures[group] += 1
-            if any(u not in reports for u in units) or failures[group]:
-                diagnostics[group] = outcome.diagnostics()
-            pending[group] = [u for u in units if u not in reports]
-            if failures[group] >= 2:
-                return reports, (f"the {group} sandbox failed twice with no unit to blame "
-                                 f"({outcome.problem or outcome.error or 'it ended early'}); "
-                                 "grade again, or see the diagnostics"), diagnostics
+        culprit = outcome.running
+        if culprit in waiting and culprit not in reports and not outcome.watchdog:
+            deaths[culprit] += 1
+            if deaths[culprit] >= 2:
+                reports[culprit] = UnitReport({}, lost=(
+                    "the grading process ended while your code ran (twice): it may have "
+                    "killed or stopped its own process, or used too much memory"))
+        elif busy or any(u not in reports for u in waiting):
+            failures += 1
+        if busy or any(u not in reports for u in waiting):
+            diagnostics[f"sandbox {attempt}"] = outcome.diagnostics()
+        pending = {group: [u for u in units if u not in reports] for group, units in pending.items()}
+        if failures >= 2:
+            return reports, ("the sandbox failed twice with no unit to blame "
+                             f"({outcome.problem or outcome.error or 'it ended early'}); "
+                             "grade again, or see the diagnostics"), diagnostics
     return reports, "", diagnostics
 
 

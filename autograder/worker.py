@@ -1,16 +1,18 @@
-"""The grading worker: runs one group's units on the grader's inputs, inside its sandbox.
+"""The grading worker: runs a submission's worker groups on the grader's inputs, in its sandbox.
 
-    python worker.py --job FD --results FD [--served REQUEST_FD,REPLY_FD] [--preload MODULE]...
-                     [--own-pid-namespace]
+    python worker.py --results FD --group JOB_FD[:REQUEST_FD,REPLY_FD] [--group ...]
+                     [--preload MODULE]... [--own-pid-namespace]
 
-One sandbox runs one worker group (see workers.py). This process imports torch, makes
-itself non-dumpable and reads its job (job.json and the hidden inputs, one .npz) from the
-job pipe. It runs each unit in a forked child that closes the job and results pipes before
-any submitted code runs, and sends its outputs back on a pipe of its own. On the results
-pipe this process reports, as frames (wire.py), "start" before a unit runs and "end" with
-how it ended and what it sent once it has ended; the grader treats all of it as untrusted
-data. With --served, the units' collaborators are stand-ins whose calls go to the grader
-(served.py). This file imports nothing from the repository besides its neighbours.
+One sandbox grades one submission; its groups (see workers.py) run one after the other, in
+the order of the --group arguments. This process imports torch, makes itself non-dumpable,
+and for each group in turn reads its job (job.json and the hidden inputs, one .npz) from the
+group's job pipe, never before every unit of the earlier groups has ended. It runs each unit
+in a forked child that closes every pipe but its own served pair before any submitted code
+runs, and sends its outputs back on a pipe of its own. On the results pipe this process
+reports, as frames (wire.py), "start" before a unit runs and "end" with how it ended and
+what it sent once it has ended; the grader treats all of it as untrusted data. A group with
+served pipes gets stand-ins whose calls go to the grader (served.py). This file imports
+nothing from the repository besides its neighbours.
 """
 
 import ctypes
@@ -283,7 +285,7 @@ _OWN_PID_NAMESPACE = {"yes": False}  # set by --own-pid-namespace (the bwrap san
 
 def other_processes() -> list[int]:
     """Every process of this sandbox but its init (pid 1), the reaper (this process's parent)
-    and this one: the sandbox runs one group, so all others are what units left. Without a
+    and this one: the sandbox runs one unit at a time, so all others are what units left. Without a
     pid namespace of its own (unsandboxed), only this process's children."""
     keep = {1, os.getppid(), os.getpid()}
     found = []
@@ -323,9 +325,12 @@ def kill_leftovers() -> None:
         time.sleep(0.01)
 
 
-def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...]) -> None:
-    """Each unit in a forked child, one after the other, reported on results_fd."""
+def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...], private: set[int]) -> None:
+    """Each unit in a forked child, one after the other, reported on results_fd. private:
+    this process's pipes, which each child closes (but its served pair) before any
+    submitted code runs."""
     os.chdir("/tmp")  # the sandbox's private, size-limited tmpfs
+    closing = sorted(private - set(served_fds))
     for unit in job["units"]:
         name = unit["unit"]
         wire.write_frame(results_fd, {"event": "start", "unit": name})
@@ -334,8 +339,8 @@ def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...]) -
         if pid == 0:
             code = 0
             try:
-                os.close(read_fd)
-                os.close(results_fd)  # before any submitted code: only this process reports
+                for fd in [read_fd, *closing]:  # only this process's parent reports and reads jobs
+                    os.close(fd)
                 os.setpgid(0, 0)  # its own group, so that a timeout kills what it started too
                 # Nothing a unit prints counts: it goes nowhere, so that no amount of output
                 # can fill the sandbox's pipes or get the whole worker killed for its size.
@@ -358,15 +363,22 @@ def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...]) -
         wire.write_frame(results_fd, {"event": "end", "unit": name, "ended": ended}, sent)
 
 
-def main(job_fd: int, results_fd: int, served_fds: tuple[int, ...], preload: list[str]) -> None:
+def main(results_fd: int, groups: list[tuple[int, tuple[int, ...]]], preload: list[str]) -> None:
+    """groups: (job pipe, served pipes) of each group, in the order they run."""
     make_undumpable()  # first: the pipes are open in this process
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     warm_up(preload)
-    job = read_job(job_fd)
-    if job is not None:
-        run_units(*job, results_fd, served_fds)
+    private = {results_fd} | {fd for job_fd, served_fds in groups for fd in (job_fd, *served_fds)}
+    for job_fd, served_fds in groups:
+        job = read_job(job_fd)  # blocks until the grader has sent it (or sent nothing)
+        private.discard(job_fd)
+        if job is not None:
+            run_units(*job, results_fd, served_fds, private)
+        for fd in served_fds:  # no later group's unit may call this group's collaborators
+            os.close(fd)
+            private.discard(fd)
     os.close(results_fd)
 
 
@@ -381,24 +393,22 @@ class _UnitInputs:
         return self._npz[self._prefix + key]
 
 
-def parse_arguments(argv: list[str]) -> tuple[int, int, tuple[int, ...], list[str]]:
-    job_fd = results_fd = None
-    served_fds, preload = (), []
+def parse_arguments(argv: list[str]) -> tuple[int, list[tuple[int, tuple[int, ...]]], list[str]]:
+    results_fd, groups, preload = None, [], []
     rest = iter(argv)
     for argument in rest:
-        if argument == "--job":
-            job_fd = int(next(rest))
-        elif argument == "--results":
+        if argument == "--results":
             results_fd = int(next(rest))
-        elif argument == "--served":
-            served_fds = tuple(int(fd) for fd in next(rest).split(","))
+        elif argument == "--group":
+            job, _, served_fds = next(rest).partition(":")
+            groups.append((int(job), tuple(int(fd) for fd in served_fds.split(",") if fd)))
         elif argument == "--preload":
             preload.append(next(rest))
         elif argument == "--own-pid-namespace":
             # bwrap's init is 1, the reaper 2, this worker 3: anything else is not a sandbox
             # of its own, where signalling "every other process" would reach the machine's.
             _OWN_PID_NAMESPACE["yes"] = os.getpid() <= 4
-    return job_fd, results_fd, served_fds, preload
+    return results_fd, groups, preload
 
 
 if __name__ == "__main__":

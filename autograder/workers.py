@@ -1,20 +1,27 @@
-"""Where a submission's units run: one sandbox per worker group.
+"""Where a submission's units run: one sandbox, its worker groups one after the other.
 
 The isolation rule: student code never runs where it could reach reference code, expected
-values, the secret, or another group's job, inputs or outputs. A unit's tests use correct
-collaborators (so that a bug elsewhere costs nothing twice), and those are served by the
-grader (served.py, reference_service.py), never sent as code. The groups:
+values, the secret, or a job it could profit from. A unit's tests use correct collaborators
+(so that a bug elsewhere costs nothing twice), and those are served by the grader
+(served.py, reference_service.py), never sent as code. A served collaborator answers any
+input, so the units are graded in groups, in this order:
 
-* "units": every unit that needs no other unit;
+* "units": every unit that needs no other unit (nothing is served to them);
 * "attention_lstm": AttentionLSTM, with lstm_gates and dot_product_attention served;
 * "captioner": CaptioningRNN, with every other unit served.
 
-Each group runs in a sandbox of its own (sandbox.py: its own user, pid, network, ipc and
-mount namespaces and private /tmp; nothing of this machine is writable), so that the cells
-of one notebook cannot talk to each other across groups. A ``GroupSandbox`` starts before
-its job exists (it imports torch meanwhile); its job goes down one pipe, its reports come
-back on another (wire.py frames), served calls travel on a third pair. This module does not
-import torch, so that the command line can start the sandboxes before importing it itself.
+A group's job (its units' code and hidden inputs) and its served pipes reach only its own
+processes, and only once every unit of the earlier groups has ended, been reported and had
+what it left running killed. So what a unit learns from a served reference can reach only
+units graded after it, and those are served everything it could learn: information flows
+forward in time only, never into a result already reported. (Three sandboxes, one per
+group, cost three torch imports per submission; the order gives the same guarantee for one.)
+
+The sandbox (sandbox.py: its own user, pid, network, ipc and mount namespaces and private
+/tmp; nothing of this machine is writable) starts before its jobs exist (it imports torch
+meanwhile); each group's job goes down a pipe of its own, the reports come back as frames
+(wire.py) on another, served calls travel on a pair per served group. This module does not
+import torch, so that the command line can start the sandbox before importing it itself.
 """
 
 import os
@@ -40,9 +47,9 @@ UNIT_CPU_SECONDS = 30
 UNIT_WALL_SECONDS = 600
 STARTUP_SECONDS = 300  # a sandbox's start (importing torch) on a loaded machine
 SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, output_bytes=64 << 10)
-# Of the GPU's memory, for each sandbox under --device cuda (three per submission): set
-# before student code runs, so that JOBS submissions graded side by side cannot starve each
-# other. The caching allocator enforces it in the unit's own process (which could raise it
+# Of the GPU's memory, for each unit's process under --device cuda (one at a time per
+# submission): set before student code runs, so that JOBS submissions graded side by side
+# cannot starve each other. The caching allocator enforces it in the unit's own process (which could raise it
 # again: a cooperative bound, see the README).
 CUDA_MEMORY_FRACTION = 0.1
 MAX_UNIT_REPORT_BYTES = 80 << 20
@@ -70,8 +77,8 @@ GROUP_UNITS = dict(WORKER_GROUPS)
 
 
 @dataclass
-class GroupOutcome:
-    """What one sandbox reported: the units that ended, and the one running when it died."""
+class SandboxOutcome:
+    """What the sandbox reported: the units that ended, and the one running when it died."""
 
     ended: dict = field(default_factory=dict)  # unit -> (how it ended: dict, bytes it sent)
     running: str | None = None  # a unit started, never ended: the sandbox died meanwhile
@@ -91,27 +98,32 @@ class GroupOutcome:
                 "missing_defences": [] if run is None else run.missing_defences}
 
 
-class GroupSandbox:
-    """One worker group's sandbox, started at once; ``send`` gives it its job."""
+class Workers:
+    """The sandbox of one submission, started at once: it runs the given groups in the
+    order of WORKER_GROUPS, each once ``send`` has given it its job."""
 
-    def __init__(self, group: str, allow_unsandboxed: bool = False):
-        self.group = group
-        self.outcome = GroupOutcome()
+    def __init__(self, allow_unsandboxed: bool = False, groups=None):
+        self.groups = [g for g, _ in WORKER_GROUPS if groups is None or g in groups]
+        self.outcome = SandboxOutcome()
         self._cancel = threading.Event()
-        job_read, self._job = os.pipe()
+        self._jobs, self._served = {}, {}  # group -> our end of its job pipe, of its served pipes
         self._results, results_write = os.pipe()
-        passed = [job_read, results_write]
-        argv = [str(AUTOGRADER_DIR / "worker.py"), "--job", str(job_read), "--results", str(results_write)]
-        self._served = None
-        if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
-            request_read, request_write = os.pipe()
-            reply_read, reply_write = os.pipe()
-            self._served = (request_read, reply_write)
-            passed += [request_write, reply_read]
-            argv += ["--served", f"{request_write},{reply_read}"]
-        if sandbox.sandbox_status()[0]:  # bwrap: every other process there is the group's
+        passed = [results_write]
+        argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write)]
+        for group in self.groups:
+            job_read, self._jobs[group] = os.pipe()
+            passed.append(job_read)
+            spec = str(job_read)
+            if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
+                request_read, request_write = os.pipe()
+                reply_read, reply_write = os.pipe()
+                self._served[group] = (request_read, reply_write)
+                passed += [request_write, reply_read]
+                spec += f":{request_write},{reply_read}"
+            argv += ["--group", spec]
+        if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
             argv.append("--own-pid-namespace")
-        units = len(GROUP_UNITS[group])
+        units = sum(len(GROUP_UNITS[g]) for g in self.groups)
         limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60),
                                 **SANDBOX_LIMITS)
         files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
@@ -126,50 +138,43 @@ class GroupSandbox:
 
         # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
         # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
-        self._threads = [threading.Thread(target=run, name=f"sandbox-{group}", daemon=True),
-                         threading.Thread(target=self._read_reports, name=f"reports-{group}", daemon=True)]
+        self._threads = [threading.Thread(target=run, name="sandbox", daemon=True),
+                         threading.Thread(target=self._read_reports, name="reports", daemon=True)]
+        self._served_threads = []
         for thread in self._threads:
             thread.start()
 
-    def send(self, blob: bytes, service=None) -> None:
-        """Write the job and close its pipe; service (a ReferenceService) answers the
-        sandbox's served calls on a thread of its own."""
-        if self._served is not None:
+    def send(self, group: str, blob: bytes, service=None) -> None:
+        """Give a group its job (written on a thread: the worker reads it only when the
+        earlier groups are done); service (a ReferenceService) answers its served calls."""
+        served = self._served.pop(group, None)
+        if served is not None:
             if service is not None:
-                thread = threading.Thread(target=service.serve, args=self._served,
-                                          name=f"served-{self.group}", daemon=True)
+                thread = threading.Thread(target=service.serve, args=served, name=f"served-{group}", daemon=True)
                 thread.start()
-                self._threads.append(thread)
+                self._served_threads.append(thread)
             else:
-                for fd in self._served:
+                for fd in served:
                     _close(fd)
-            self._served = None
-        job, self._job = self._job, None
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(job, view):]
-        except OSError:
-            pass  # the sandbox has ended: its units get no result, and wait() says why
-        finally:
-            os.close(job)
+        job = self._jobs.pop(group)
+        thread = threading.Thread(target=_write_all, args=(job, blob), name=f"job-{group}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
-    def wait(self) -> GroupOutcome:
-        """Close what was not sent (the group then ends at once); wait for the sandbox."""
-        if self._job is not None:
-            os.close(self._job)
-            self._job = None
-        for fd in self._served or ():
+    def wait(self) -> SandboxOutcome:
+        """Close what was not sent (the worker then skips those groups); wait for the sandbox."""
+        for fd in [*self._jobs.values(), *(fd for pair in self._served.values() for fd in pair)]:
             _close(fd)
-        self._served = None
-        sandbox_thread, reports_thread, *served_threads = self._threads
-        sandbox_thread.join()
-        reports_thread.join()
-        for thread in served_threads:  # its sandbox has ended: a call still running is abandoned
+        self._jobs, self._served = {}, {}
+        for thread in self._threads:  # the sandbox, its reports, the job writers
+            thread.join()
+        for thread in self._served_threads:  # the sandbox has ended: a call still running is abandoned
             thread.join(timeout=SERVED_GRACE_SECONDS)
             if thread.is_alive():
                 self.outcome.problem = self.outcome.problem or "a served call was still running"
         return self.outcome
+
+    close = wait
 
     def _read_reports(self) -> None:
         """Collect the worker's frames; stop the sandbox when it goes silent for longer than
@@ -203,19 +208,17 @@ class GroupSandbox:
             os.close(fd)
 
 
-class Workers:
-    """The sandboxes that grade one submission, one per group, all started at once."""
-
-    def __init__(self, allow_unsandboxed: bool = False, groups=None):
-        self.sandboxes = {g: GroupSandbox(g, allow_unsandboxed) for g in (groups or GROUP_UNITS)}
-
-    def send(self, group: str, blob: bytes, service=None) -> None:
-        self.sandboxes[group].send(blob, service)
-
-    def wait(self) -> dict[str, GroupOutcome]:
-        return {group: box.wait() for group, box in self.sandboxes.items()}
-
-    close = wait
+def _write_all(fd: int, blob: bytes) -> None:
+    """Write blob to the pipe and close it; a sandbox that has ended reads no more (EPIPE):
+    its units get no result, and wait() says why."""
+    try:
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _close(fd: int) -> None:

@@ -100,6 +100,47 @@ def test_worker_groups_never_hold_the_reference_of_a_unit_they_grade():
     assert sorted(u for _, units in grade.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
 
 
+def test_a_unit_is_graded_after_every_unit_served_to_it():
+    """The groups share one sandbox, one after the other: what a served reference tells a
+    unit may reach only units graded after it, so none of those may be served to it."""
+    order = [unit for _, units in grade.WORKER_GROUPS for unit in units]
+    for unit, served in grade.SERVED_DEPENDENCIES.items():
+        group = next(i for i, (_, units) in enumerate(grade.WORKER_GROUPS) if unit in units)
+        for other in served:
+            assert order.index(other) < order.index(unit)
+            assert other not in grade.WORKER_GROUPS[group][1], (unit, other)
+
+
+PIPE_PROBE = """
+import os as _os, stat as _stat
+
+_found = []
+for _name in _os.listdir("/proc/self/fd"):
+    try:
+        _fd = int(_name)
+        if not _stat.S_ISFIFO(_os.fstat(_fd).st_mode):
+            continue
+        _os.set_blocking(_fd, False)
+        _data = _os.read(_fd, 1 << 16)
+    except (OSError, ValueError):
+        continue
+    if _data:
+        _found.append("%d: %d bytes" % (_fd, len(_data)))
+raise RuntimeError(("LEAK " + ", ".join(_found)) if _found else "probe: nothing found")
+"""
+
+
+def test_a_unit_reads_no_later_groups_job(tmp_path):
+    """While the units group and AttentionLSTM run, the later groups' jobs wait in their
+    pipes; a unit's process holds none of them (fails when the worker's children keep the
+    job pipes of later groups open: 'LEAK 5: 65536 bytes')."""
+    probes = {"WordEmbedding": PIPE_PROBE, "AttentionLSTM": PIPE_PROBE}
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", probes))
+    reasons = [t.reason for t in result.tests if t.unit in probes]
+    assert reasons and all("probe: nothing found" in r for r in reasons), reasons
+    assert lost(result) == all_tests_of(*probes), failures(result)
+
+
 def test_no_job_carries_a_solution_line(tmp_path):
     """The jobs sent into the sandboxes hold stubs of the served units, never their code."""
     import io

@@ -26,20 +26,20 @@ def test_a_sandbox_that_never_reports_makes_the_submission_not_graded(monkeypatc
 
 
 def test_a_sandbox_lost_once_is_graded_again_with_the_same_score(monkeypatch):
-    """Without the retry in grade.run_units the units group's 12 points... are lost."""
-    original, stopped = workers.GroupSandbox.__init__, []
+    """Without the retry in grade.run_units every point is lost."""
+    original, stopped = workers.Workers.__init__, []
 
-    def stopped_once(self, group, *args, **kwargs):
-        original(self, group, *args, **kwargs)
-        if group == "units" and not stopped:
-            stopped.append(group)
+    def stopped_once(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not stopped:
+            stopped.append(self)
             self._cancel.set()  # as if the machine had killed it
 
-    monkeypatch.setattr(workers.GroupSandbox, "__init__", stopped_once)
+    monkeypatch.setattr(workers.Workers, "__init__", stopped_once)
     result = grade_notebook(INSTRUCTOR_NOTEBOOK)
     assert stopped and result.status == "graded"
     assert result.score == 100, failures(result)
-    assert "units" in result.diagnostics
+    assert "sandbox 1" in result.diagnostics
 
 
 def test_a_unit_that_kills_its_sandbox_loses_only_its_own_points(tmp_path):
