@@ -15,6 +15,7 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), all in float64, TF32 off
 import contextlib
 import hashlib
 import importlib.metadata
+import io
 import math
 import os
 import tempfile
@@ -165,7 +166,7 @@ def _cases(unit: str, test: str, d: _Draw) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------------------------------
 
 
-def _features_key(coco: dict) -> str:
+def features_key(coco: dict) -> str:
     """What the encoder's features depend on: the images, the libraries, the seed."""
     digest = hashlib.sha256(coco["val_images"].contiguous().numpy().tobytes())
     for package in ("torch", "torchvision"):
@@ -181,26 +182,33 @@ def encoder_features(coco: dict, cache: Path = FEATURES_CACHE) -> torch.Tensor:
     computed (importing torchvision: about 3 s) and written there, atomically, for the next
     grader. A cache that cannot be read or written costs time, never a wrong feature.
     """
-    key = _features_key(coco)
     try:
         stored = torch.load(cache, weights_only=True)
-        if stored["key"] == key:
+        if stored["key"] == features_key(coco):
             return stored["features"]
     except Exception:  # missing, stale, truncated, written by another version
         pass
-    torch.manual_seed(ENCODER_SEED)
-    encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
-    with torch.no_grad():
-        features = torch.cat([encoder(batch) for batch in coco["val_images"].split(32)])
+    blob = features_file(coco)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
         with os.fdopen(handle, "wb") as f:
-            torch.save({"key": key, "features": features}, f)
+            f.write(blob)
         os.replace(temporary, cache)
     except OSError:
         pass
-    return features
+    return torch.load(io.BytesIO(blob), weights_only=True)["features"]
+
+
+def features_file(coco: dict) -> bytes:
+    """The content of a features cache for coco: its key and the features, computed."""
+    torch.manual_seed(ENCODER_SEED)
+    encoder = reference.ImageEncoder(pretrained=False, verbose=False).double()
+    with torch.no_grad():
+        features = torch.cat([encoder(batch) for batch in coco["val_images"].split(32)])
+    blob = io.BytesIO()
+    torch.save({"key": features_key(coco), "features": features}, blob)
+    return blob.getvalue()
 
 
 @contextlib.contextmanager

@@ -5,12 +5,12 @@ The data flow, and who can touch what:
     submission.ipynb --(solution cells only)--> one job per worker group (workers.py), an
         .npz sent down the group's pipe: job.json (provided code, served stand-ins, the
         student's cells, the tests, the limits) and the hidden inputs
-    one sandbox per group (worker.py) --> frames on the group's report pipe: each unit's
-        outputs and errors (untrusted data); served calls --> reference_service.py, here
+    the submission's sandbox (worker.py), groups in order --> frames on the report pipe:
+        each unit's outputs and errors (untrusted data); served calls --> reference_service.py
     grader (this process) --> reference outputs (computed here), comparison, results
 
-No sandbox holds reference code, expected values or the secret; groups cannot reach each
-other. A sandbox that dies with no unit to blame is started again for the units it did not
+No sandbox holds reference code, expected values or the secret; a group's job reaches its
+processes only once the earlier groups are done (workers.py says why that suffices). A sandbox that dies with no unit to blame is started again for the units it did not
 finish; a unit during which a sandbox died twice loses its points; a failure that persists
 outside any unit makes the submission NOT GRADED, never a score.
 """

@@ -85,6 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--class-size", type=int, default=50)
     parser.add_argument("--class-runs", type=int, default=5)
+    parser.add_argument("--class-jobs", default="1,2", help="the JOBS values of the class runs")
     parser.add_argument("--stock-size", type=int, default=1)
     parser.add_argument("--stock-runs", type=int, default=5)
     parser.add_argument("--parts", default="one,class,stock,notebook",
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
                           "--results", str(root / "r.json")], cwd=REPO_ROOT) for _ in range(args.runs)]
             ours = report("one submission, end to end (target < 10 s)", one)
 
-        for jobs in (1, 2) if "class" in parts else ():
+        for jobs in map(int, args.class_jobs.split(",")) if "class" in parts else ():
             runs = [timed([python, "-m", "autograder", "batch", str(make_class(root, args.class_size)),
                            "--jobs", str(jobs)], cwd=REPO_ROOT) for _ in range(args.class_runs)]
             report(f"class of {args.class_size}, JOBS={jobs}" + (" (target < 300 s)" if jobs == 2 else ""),

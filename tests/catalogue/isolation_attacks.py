@@ -494,9 +494,9 @@ def _with_names(code: str, exclude: str = "") -> str:
 # out/attention_lstm, out/captioner, the scratch root and /tmp/torchinductor_nobody; a
 # diagnostic run saw every channel deliver (those files, the abstract unix socket, the
 # helper's /proc/PID/cmdline). CaptioningRNN 0: its own reference is nowhere. 135 s.
-# New design: every unit 0, "NotImplementedError (not written yet)": the colluders find nothing
-# (no shared /tmp, /dev/shm or directory, no shared network or pid namespace), and the
-# CaptioningRNN cell finds no reference to leak (proxies only).
+# New design: every unit 0, "NotImplementedError (not written yet)": the CaptioningRNN cell
+# finds no reference to leak (proxies only), and it runs after every colluder has been
+# graded (one sandbox, groups in order: nothing flows back in time).
 COLLUSION = Submission("collusion-through-shared-channels", tuple(
     Attack(unit, "no solution: waits for the reference that the CaptioningRNN cell leaks through "
            "/tmp, /dev/shm, every writable directory, an abstract unix socket and a helper's "
@@ -674,8 +674,10 @@ THIEF = "import os as _os\n_INSIDE = _os.getuid() == 65534\n" + THIEF
 # job: "no result: the grading process ended early".) The
 # AttentionLSTM thief matters: its group's job is small and read first, so it is running
 # while the CaptioningRNN job is sent; the units group starts its first unit later.
-# New design: both thieves 0 with "probe: nothing found" (their sandbox holds only their
-# own group: no other job, no reference); every other unit keeps its points.
+# New design: both thieves 0 with "probe: nothing found" (a unit's process holds no pipe
+# but its own, the worker is not dumpable, a later group's job is read only after the
+# earlier groups are done, and no job holds reference code); every other unit keeps its
+# points.
 JOB_PIPES = Submission("steals-job-pipes", (
     Attack("rnn_step_backward", "SIGSTOPs every other process it can see, drains every pipe they hold "
            "open (/proc/PID/fd/N: the dumpable reaper holds every group's job pipe), looks for the "
