@@ -34,7 +34,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from autograder import checks, grade
+from autograder import checks, grade, workers
 from autograder.submission import NOTEBOOK_NAME, SubmissionError, find_notebook, read_solution_cells
 
 ASSIGNMENT = "rnn_captioning"
@@ -302,8 +302,13 @@ def grade_class(course_dir: Path, *, jobs: int = 1, data: Path, device: str = "c
             outcomes[sub.student] = with_note(cached, sub.note)
         else:
             todo.append((sub, key))
+    if jobs > 1:
+        jobs, why = jobs_that_fit(jobs, device)
+        if why:
+            print(f"warning: {why}", file=sys.stderr)
     print(f"{len(outcomes)} already graded or with nothing to grade, {len(todo)} to grade with "
           f"{jobs} job(s)", file=sys.stderr)
+    checks.encoder_features(coco)  # computed once here, if not cached, rather than in each job
 
     if todo and jobs == 0:  # in this process (debugging, tests), with the data loaded above
         _state.update(coco=coco, fixture=checks.CaptionerFixture(coco), device=device,
@@ -318,6 +323,38 @@ def grade_class(course_dir: Path, *, jobs: int = 1, data: Path, device: str = "c
 
     nbgrader_autograde.write_nbgrader_inputs(course_dir, submissions)
     return outcomes
+
+
+# What one job can hold at once: its sandbox's memory limit and the grader process itself
+# (torch, the data, the reference's computations: about 0.7 GiB measured).
+GRADER_PROCESS_BYTES = 1 << 30
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[int, str]:
+    """(the jobs this machine can hold, why fewer than asked, or ""): each job may use
+    its sandbox's memory limit and a grader process; under cuda, the GPU's memory fractions
+    of all jobs together must stay below the whole GPU."""
+    memory = physical_memory() if memory is None else memory
+    each = workers.SANDBOX_LIMITS["memory_bytes"] + GRADER_PROCESS_BYTES
+    fit = max(1, memory // each)
+    reasons = []
+    if jobs > fit:
+        reasons.append(f"{jobs} jobs may use up to {jobs * each / 2**30:.0f} GiB ({each / 2**30:.0f} GiB "
+                       f"each: the sandbox's limit and the grader) and this machine has "
+                       f"{memory / 2**30:.0f} GiB")
+    if device == "cuda":
+        gpu_fit = max(1, int(1 / workers.CUDA_MEMORY_FRACTION) - 1)
+        if min(jobs, fit) > gpu_fit:
+            reasons.append(f"each job's units may hold {workers.CUDA_MEMORY_FRACTION:.0%} of the "
+                           f"GPU's memory, so at most {gpu_fit} jobs fit on it")
+            fit = min(fit, gpu_fit)
+    if jobs <= fit:
+        return jobs, ""
+    return fit, "; ".join(reasons) + f": grading with --jobs {fit}"
 
 
 def _record(student: str, result: dict, subs: dict, store: ResultStore, outcomes: dict) -> None:

@@ -40,8 +40,10 @@ WORKER_FILES = ("worker.py", "runners.py", "forbidden.py", "served.py", "wire.py
 
 # Limits of one unit (all its tests), enforced in the sandbox by worker.py. A unit's time
 # is what it spends computing, sleeping or blocked: time spent waiting for a CPU on a busy
-# machine does not count, so that load changes no verdict.
-UNIT_SECONDS = 30
+# machine does not count, so that load changes no verdict. A unit's time is never less
+# than its CPU time, so a loop that computes always meets the CPU limit first and one that
+# sleeps the time limit: the reason given does not depend on the machine either.
+UNIT_SECONDS = 45
 UNIT_CPU_SECONDS = 30
 # Past this wall-clock time the machine is too busy to judge the unit: not the student's.
 UNIT_WALL_SECONDS = 600

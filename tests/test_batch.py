@@ -238,3 +238,14 @@ def test_points_not_totalling_100_stop_the_batch_with_a_message(fake_class, monk
     monkeypatch.setattr(checks, "POINTS_FILE", points)
     assert run() == 2 and calls == []
     assert "sums to 99, not 100" in capsys.readouterr().err
+
+
+def test_jobs_are_capped_to_what_the_machine_can_hold():
+    """Each job may use its sandbox's limit (3 GiB) and a grader process (1 GiB)."""
+    gib = 1 << 30
+    assert batch.jobs_that_fit(2, "cpu", memory=24 * gib) == (2, "")
+    jobs, why = batch.jobs_that_fit(8, "cpu", memory=24 * gib)
+    assert jobs == 6 and "32 GiB" in why and "24 GiB" in why and "--jobs 6" in why
+    assert batch.jobs_that_fit(4, "cpu", memory=2 * gib)[0] == 1
+    jobs, why = batch.jobs_that_fit(16, "cuda", memory=256 * gib)  # 10% of the GPU each
+    assert jobs == 9 and "GPU" in why
