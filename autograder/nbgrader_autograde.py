@@ -302,7 +302,7 @@ def nbgrader_copy(sub, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
     if sub.notebook is None:
         return stub_notebook(source, sub.note)
     try:
-        notebook = read_notebook(sub.notebook)
+        notebook = nbformat.from_dict(read_notebook(sub.notebook))
     except SubmissionError as exc:
         return stub_notebook(source, str(exc))
     try:

@@ -54,6 +54,13 @@ def read_notebook(path: Path) -> dict:
         notebook = _converted(path, text)
     if not isinstance(notebook.get("cells", []), list):
         raise SubmissionError(f"{path.name} is not a readable notebook: it has no list of cells")
+    for number, cell in enumerate(notebook.get("cells", []), 1):
+        source = cell.get("source") if isinstance(cell, dict) else None
+        if isinstance(source, list):  # lines, joined as nbformat joins them
+            if not all(isinstance(line, str) for line in source):
+                raise SubmissionError(f"{path.name} is not a readable notebook: the source of "
+                                      f"cell {number} is a list of things other than text")
+            cell["source"] = "".join(source)
     return notebook
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from autograder import grade
-from conftest import REPO_ROOT
+from conftest import CUDA, REPO_ROOT
 from grading import (INSTRUCTOR_NOTEBOOK, failures, grade_notebook, lost, mutated, all_tests_of,
                      write_submission)
 from solution import source as reference
@@ -164,3 +164,23 @@ def test_a_syntax_error_costs_its_unit_with_that_reason(tmp_path):
     result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"dot_product_attention": code}))
     assert lost(result) == all_tests_of("dot_product_attention")
     assert all("syntax error (line" in t.reason for t in result.tests if t.unit == "dot_product_attention")
+
+
+GPU_HOG = """
+
+import torch as _t
+_hog = _t.empty(int(_t.cuda.get_device_properties(0).total_memory * 0.3), dtype=_t.uint8, device="cuda")
+"""
+
+
+@CUDA
+def test_on_the_gpu_the_reference_scores_100_and_a_unit_gets_a_bounded_share_of_its_memory(tmp_path):
+    """--device cuda: every unit's process may hold CUDA_MEMORY_FRACTION of the GPU (so that
+    JOBS submissions side by side cannot starve each other); a cell that takes 30% fails on
+    its own, everything else scores."""
+    assert grade_notebook(INSTRUCTOR_NOTEBOOK, device="cuda").score == 100
+    hog = {"WordEmbedding": reference.unit_source("WordEmbedding") + GPU_HOG}
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", hog), device="cuda")
+    assert result.device == "cuda"
+    assert lost(result) == all_tests_of("WordEmbedding"), failures(result)
+    assert all("OutOfMemoryError" in t.reason for t in result.tests if t.unit == "WordEmbedding")

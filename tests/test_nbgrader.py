@@ -61,3 +61,22 @@ def test_feedback_explains_lost_points_without_revealing_the_reference(graded_cl
     assert "NotImplementedError (not written yet)" in html
     secret = [line for line in reference.solution_lines(reference.read_source()) if len(line) > 20]
     assert not [line for line in secret if line in html]
+
+
+def test_nbgrader_sees_the_cells_the_kit_reads(tmp_path):
+    """nbgrader's copy of a submission is built from what the kit reads (plain JSON, lines
+    joined): its solution cells are the submission's, not a stub saying nothing could be read."""
+    from types import SimpleNamespace
+
+    import nbformat
+
+    from autograder import nbgrader_autograde
+    from grading import INSTRUCTOR_NOTEBOOK
+
+    path = write_submission(tmp_path / "s.ipynb", {"rnn_forward": "# mine\nx = 1\n"})
+    source = nbformat.read(INSTRUCTOR_NOTEBOOK, as_version=4)
+    copy = nbgrader_autograde.nbgrader_copy(SimpleNamespace(notebook=path, note=""), source)
+    by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in copy.cells}
+    assert by_id["rnn_forward"] == "# mine\nx = 1\n"
+    assert "def lstm_gates" in by_id["LSTM"]  # the instructor's, untouched
+    assert "could be graded" not in copy.cells[0].source and "cannot process" not in copy.cells[0].source
