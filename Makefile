@@ -13,11 +13,13 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope test bench-train bench-lstm bench-grading bench-load bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
-	@echo "make test         run the whole test suite"
+	@echo "make test         lint, then the whole test suite (CI runs this)"
+	@echo "make test-fast    lint, then every test but the slow ones (about 1.5 minutes)"
+	@echo "make lint         ruff check (settings in pyproject.toml)"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
 	@echo "make grade NB=f   grade one submitted notebook: a table and results.json (RESULTS=...)"
@@ -103,8 +105,16 @@ GRADESCOPE_SANDBOX ?= bwrap
 gradescope: setup
 	$(PY) -m autograder.gradescope --out dist/gradescope_autograder.zip --sandbox $(GRADESCOPE_SANDBOX)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
+
+# Every test but the slow ones (whole gradings, batches, nbgrader, the notebook, the command
+# line): about 1.5 minutes here, for every change; CI runs the whole suite.
+test-fast: setup lint
+	$(PY) -m pytest -m "not slow"
+
+lint: | $(VENV)/.installed
+	$(PY) -m ruff check .
 
 bench-train: setup
 	$(PY) -m benchmarks.overfit

@@ -189,7 +189,7 @@ def fill_expected(text: str) -> str:
         args = (match.group("args") or "").split() if match else []
         body = block.split("\n", 1)[1] if match else block
         if kind == "imports":
-            exec(imports + "\n" + "\n".join(l for l in body.splitlines() if not l.startswith("%")), namespace)
+            exec(imports + "\n" + "\n".join(line for line in body.splitlines() if not line.startswith("%")), namespace)
             namespace.update(check_close=record, check_equal=record)
         elif kind == "provided":
             exec("\n\n".join(definitions[name] for name in args), namespace)

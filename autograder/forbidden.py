@@ -241,7 +241,8 @@ def _functions_of(value):
 def _public_name(obj) -> str:
     """torch.nn.LSTM rather than torch.nn.modules.rnn.LSTM: the shortest package path that
     exposes obj under its own name."""
-    module, name = getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
     parts = module.split(".")
     for i in range(2, len(parts)):
         package = sys.modules.get(".".join(parts[:i]))
@@ -356,7 +357,8 @@ def _operator_python_code(ops):
             if forbidden_name(name):
                 label = f"torch.ops.higher_order.{name}"
                 classes.append((type(hop), label))
-                for table in (hop.py_kernels, getattr(hop, "python_key_table", {}), getattr(hop, "functorch_table", {})):
+                for table in (hop.py_kernels, getattr(hop, "python_key_table", {}),
+                              getattr(hop, "functorch_table", {})):
                     functions += [(fn, label) for fn in list(table.values())]
     except Exception:
         pass
@@ -937,7 +939,8 @@ def _collect_bindings(cells: list[_Cell], preamble: _Cell):
     return aliases, own, stars, known, shadowed
 
 
-def _cell_findings(cell: _Cell, resolver: _Resolver, autograd: bool) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+def _cell_findings(cell: _Cell, resolver: _Resolver,
+                   autograd: bool) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """(findings of forbidden and dismantling uses, findings of autograd uses) as (line, text)."""
     found, autograd_found = [], []
     paths = {}

@@ -10,9 +10,10 @@ The data flow, and who can touch what:
     grader (this process) --> reference outputs (computed here), comparison, results
 
 No sandbox holds reference code, expected values or the secret; a group's job reaches its
-processes only once the earlier groups are done (workers.py says why that suffices). A sandbox that dies with no unit to blame is started again for the units it did not
-finish; a unit during which a sandbox died twice loses its points; a failure that persists
-outside any unit makes the submission NOT GRADED, never a score.
+processes only once the earlier groups are done (workers.py says why that suffices). A
+sandbox that dies with no unit to blame is started again for the units it did not finish;
+a unit during which a sandbox died twice loses its points; a failure that persists outside
+any unit makes the submission NOT GRADED, never a score.
 """
 
 import ast
@@ -357,7 +358,8 @@ def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, started) 
     budget, results = StudentText(), []
     for unit in UNITS:
         if unit in excluded:
-            results += [TestResult(unit, t.name, 0, t.points, clean_text(excluded[unit])) for t in tests if t.unit == unit]
+            why = clean_text(excluded[unit])
+            results += [TestResult(unit, t.name, 0, t.points, why) for t in tests if t.unit == unit]
         elif unit in reports:
             results += score_unit(unit, tests, reports[unit], budget)
     order = {(u, t): i for i, (u, t) in enumerate((u, t) for u, ts in points.items() for t in ts)}
@@ -455,8 +457,8 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
 def results_json(result: GradeResult) -> dict:
     """Gradescope's results.json schema; extra_data holds what only instructors need."""
     where = "a sandbox (bubblewrap)" if result.mode == "bwrap" else "UNSANDBOXED mode"
-    header = (f"NOT GRADED (a failure of the grading machine, not of your code; your "
-              f"instructor will grade it again)." if result.status == NOT_GRADED
+    header = ("NOT GRADED (a failure of the grading machine, not of your code; your "
+              "instructor will grade it again)." if result.status == NOT_GRADED
               else f"Score {result.score}/{result.max_score}. Graded in {where} on {result.device}.")
     return {
         "score": result.score,

@@ -60,7 +60,8 @@ def main():
     pretrained = os.path.exists(pretrained_weights_path())
     print(f"overfitting {args.examples} examples, {args.epochs} epochs, batch {args.batch_size}, "
           f"Adam lr {args.lr}, device {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, encoder {'pretrained' if pretrained else 'random (seeded; no cached weights)'}")
+          f"{torch.get_num_threads()} threads, "
+          f"encoder {'pretrained' if pretrained else 'random (seeded; no cached weights)'}")
     print(f"{'cell':<6}{'final loss':>12}{'target':>9}{'seconds':>10}  result")
     failures = 0
     for cell_type in CELL_TYPES:

@@ -17,6 +17,8 @@ from catalogue import isolation_attacks
 from catalogue.adversarial import MALFORMED, SUBMISSIONS, reason_matches, write_notebook
 from grading import failures, grade_notebook
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 
 class GraderHung(BaseException):
     """Raised by deadline(): not an Exception (TimeoutError is an OSError), so that no
@@ -60,7 +62,8 @@ def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypat
                 problems.append(f"{t.unit}.{t.test} (omitted): {t.score}/{t.max_score} {t.reason}")
         elif attack is None and submission.others_may_lose:
             if t.score not in (0, t.max_score) or (t.score == 0 and "ended early" not in t.reason):
-                problems.append(f"{t.unit}.{t.test} (honest, beside a sandbox killer): {t.score}/{t.max_score} {t.reason}")
+                problems.append(f"{t.unit}.{t.test} (honest, beside a sandbox killer): "
+                                f"{t.score}/{t.max_score} {t.reason}")
         elif attack is None or attack.outcome == "full" or (attack.tests and t.test not in attack.tests):
             if t.score != t.max_score:
                 who = f"attacked: {attack.what}" if attack else "honest"

@@ -18,6 +18,8 @@ from conftest import COCO_PT, REPO_ROOT
 from grading import write_submission
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 NOTEBOOK = f"{batch.ASSIGNMENT}/{batch.NOTEBOOK}"
 
 

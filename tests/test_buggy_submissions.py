@@ -5,6 +5,8 @@ import pytest
 from catalogue.buggy import BUGS, MISSED
 from grading import failures, grade_notebook, lost, write_submission
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 
 def _param(bug):
     marks = [pytest.mark.xfail(strict=True, reason=MISSED[bug.id])] if bug.id in MISSED else []

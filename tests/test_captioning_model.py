@@ -31,7 +31,8 @@ def independent_loss(model, images, captions, ignore_index):
     p = {k: v.detach() for k, v in model.state_dict().items()}
     features = model.image_encoder(images)  # tested on its own below
     words = p["word_embedding.W_embed"][captions[:, :-1]]
-    project = lambda v: v @ p["feature_projection.weight"].t() + p["feature_projection.bias"]
+    def project(v):
+        return v @ p["feature_projection.weight"].t() + p["feature_projection.bias"]
     if model.cell_type == "rnn":
         h = naive_rnn(words, project(features.mean(dim=(2, 3))), p["rnn.Wx"], p["rnn.Wh"], p["rnn.b"])
     elif model.cell_type == "lstm":

@@ -14,8 +14,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import torch
 
 from autograder import __main__ as cli
@@ -23,6 +23,8 @@ from autograder import batch, checks, grade
 from autograder.submission import find_notebook
 from conftest import COCO_PT, REPO_ROOT
 from grading import write_submission
+
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
 
 
 def grade_cli(*args, cwd=REPO_ROOT):

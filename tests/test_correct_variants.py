@@ -6,6 +6,8 @@ from catalogue.correct import MISSED, VARIANTS
 from grading import failures, grade_notebook, write_submission
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 
 def _param(variant):
     marks = [pytest.mark.xfail(strict=True, reason=MISSED[variant.id])] if variant.id in MISSED else []

@@ -67,7 +67,8 @@ def test_first_train_caption_decodes_to_its_annotation(coco_built):
     first_caption = min((a for a in annotations["annotations"] if a["image_id"] == first_id), key=lambda a: a["id"])
     tokens = [coco_built["vocab"]["idx_to_token"][i] for i in coco_built["train_captions"][0].tolist()]
     words = tokens[1 : tokens.index("<END>")]
-    expected = [w if w in coco_built["vocab"]["token_to_idx"] else "<UNK>" for w in coco.tokenize(first_caption["caption"])]
+    known = coco_built["vocab"]["token_to_idx"]
+    expected = [w if w in known else "<UNK>" for w in coco.tokenize(first_caption["caption"])]
     assert coco_built["train_image_ids"][0].item() == first_id
     assert words == expected[:15]
 

@@ -101,7 +101,8 @@ def decomposition_lstm_cell():  # torch's own pure-Python LSTM cell
     x, h, wi, wh = _cell_args(); return decompositions.lstm_cell(x @ wi.t(), h, h, wh, None, None, 1)
 def decomposition_table_sdpa():
     from torch._decomp import decomposition_table
-    q, k, v = _qkv(); return decomposition_table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default](q, k, v)
+    q, k, v = _qkv()
+    return decomposition_table[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default](q, k, v)
 def flex_attention():
     from torch.nn.attention.flex_attention import flex_attention as attend
     q, k, v = _qkv(); return attend(q, k, v)
@@ -113,7 +114,8 @@ def torchvision_shifted_window_attention():
     return shifted_window_attention(torch.randn(1, 2, 2, 4), torch.randn(12, 4), torch.randn(4, 4),
                                     torch.zeros(1, 4, 4), [2, 2], 1, [0, 0])
 def vmap_sdpa_math():
-    return torch.vmap(lambda a: torch.ops.aten._scaled_dot_product_attention_math(a, a, a)[0])(torch.randn(2, 1, 1, 3, 4))
+    math = torch.ops.aten._scaled_dot_product_attention_math
+    return torch.vmap(lambda a: math(a, a, a)[0])(torch.randn(2, 1, 1, 3, 4))
 
 
 GPU_ONLY = {"aten_sdpa_efficient", "aten_cudnn_rnn"}
@@ -129,7 +131,8 @@ def allowed_ops():
     a = torch.randn(2, 3, 4, requires_grad=True)
     w = torch.randn(4, 5)
     out = (torch.softmax(a, 2).sum() + F.log_softmax(a, 2).sum() + torch.tanh(a).sum() + torch.sigmoid(a).sum()
-           + a.reshape(6, 4).mm(w).sum() + torch.bmm(a, a.transpose(1, 2)).sum() + torch.addmm(torch.zeros(5), a[0], w).sum()
+           + a.reshape(6, 4).mm(w).sum() + torch.bmm(a, a.transpose(1, 2)).sum()
+           + torch.addmm(torch.zeros(5), a[0], w).sum()
            + torch.stack(a.unbind(1), 1).sum() + sum(t.sum() for t in a.split([1, 3], dim=2))
            + sum(t.sum() for t in a.chunk(2, dim=2)) + torch.cat([a, a], 1).sum() + a[:, [0, 2]].sum()
            + a.index_select(1, torch.tensor([1])).sum() + F.embedding(torch.tensor([[1, 0]]), w).sum()

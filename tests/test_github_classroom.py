@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
 
 WORKFLOW = REPO_ROOT / "autograder" / "github_classroom" / "classroom.yml"
 
@@ -51,7 +54,8 @@ def test_workflow_grades_with_the_instructors_secret_and_fails_clearly_without_i
     # (bash -e); it must stop before grading (here, python would not even be found).
     env = {k: v for k, v in os.environ.items() if k != "CAPTIONING_GRADER_SECRET"}
     done = subprocess.run(["bash", "-e", "-c", grade["run"]], cwd=tmp_path, capture_output=True,
-                          text=True, env={**env, "CAPTIONING_GRADER_SECRET": "", "GITHUB_OUTPUT": str(tmp_path / "out")})
+                          text=True,
+                          env={**env, "CAPTIONING_GRADER_SECRET": "", "GITHUB_OUTPUT": str(tmp_path / "out")})
     assert done.returncode != 0
     assert "::error::The CAPTIONING_GRADER_SECRET secret is not set" in done.stdout
     assert not (tmp_path / "out").exists()

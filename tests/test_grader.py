@@ -12,6 +12,8 @@ from grading import (INSTRUCTOR_NOTEBOOK, failures, grade_notebook, lost, mutate
                      write_submission)
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 RELEASED = REPO_ROOT / "assignment" / "release" / "rnn_captioning" / "rnn_captioning.ipynb"
 
 

@@ -14,6 +14,8 @@ from conftest import COCO_PT
 from grading import write_submission
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def autograder_root(tmp_path_factory):

@@ -16,7 +16,8 @@ def test_numeric_gradient_matches_autograd():
     torch.manual_seed(0)
     x, w, dout = (torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64),
                   torch.randn(3, 5, dtype=torch.float64))
-    f = lambda x: torch.tanh(x @ w) ** 2
+    def f(x):
+        return torch.tanh(x @ w) ** 2
     (expected,) = autograd_gradients(f, [x], dout)
     numeric = helpers.compute_numeric_gradient(f, x, dout)
     assert (numeric - expected).abs().max() < 1e-8

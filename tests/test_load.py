@@ -13,6 +13,8 @@ import pytest
 from autograder import sandbox
 from benchmarks import load
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 
 @pytest.mark.skipif(not sandbox.sandbox_status()[0], reason="needs bwrap: the batch grades in sandboxes")
 def test_a_class_gets_the_same_verdicts_beside_four_cpu_bound_processes(tmp_path):

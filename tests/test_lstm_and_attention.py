@@ -17,7 +17,8 @@ def torch_lstm_with_weights_of(layer: LSTM) -> torch.nn.LSTM:
     D, four_h = layer.Wx.shape
     H = four_h // 4
     i, f, o, g = (slice(k * H, (k + 1) * H) for k in range(4))
-    reorder = lambda w: torch.cat([w[..., i], w[..., f], w[..., g], w[..., o]], dim=-1)
+    def reorder(w):
+        return torch.cat([w[..., i], w[..., f], w[..., g], w[..., o]], dim=-1)
     reference = torch.nn.LSTM(D, H, batch_first=True).double()
     with torch.no_grad():
         reference.weight_ih_l0.copy_(reorder(layer.Wx).t())

@@ -13,6 +13,8 @@ from conftest import REPO_ROOT
 from grading import write_submission
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 COURSE = REPO_ROOT / "assignment"
 ASSIGNMENT = "rnn_captioning"
 

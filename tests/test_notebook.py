@@ -20,6 +20,8 @@ from assignment import build_notebook
 from conftest import COCO_PT, REPO_ROOT, devices
 from solution import source as reference
 
+pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
+
 SOURCE_DIR = REPO_ROOT / "assignment" / "source" / "rnn_captioning"
 RELEASE_DIR = REPO_ROOT / "assignment" / "release" / "rnn_captioning"
 NOTEBOOK_NAME = "rnn_captioning.ipynb"

@@ -12,7 +12,8 @@ from autograder import grade, sandbox, workers
 from grading import INSTRUCTOR_NOTEBOOK, all_tests_of, failures, grade_notebook, lost, write_submission
 from solution import source as reference
 
-pytestmark = pytest.mark.skipif(not sandbox.sandbox_status()[0], reason="needs bwrap: these test the sandboxes")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sandbox.sandbox_status()[0], reason="needs bwrap: these test the sandboxes")]
 
 
 def test_a_sandbox_that_never_reports_makes_the_submission_not_graded(monkeypatch):

@@ -97,7 +97,8 @@ def test_served_functions_and_methods_give_the_references_values_and_gradients(c
     prev_h = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
     A = torch.randn(3, 5, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     attn, weights = namespace["dot_product_attention"](prev_h, A)
-    upstream = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    upstream = (torch.randn(3, 5, generator=g, dtype=torch.float64),
+                torch.randn(3, 4, 4, generator=g, dtype=torch.float64))
     ((attn * upstream[0]).sum() + (weights * upstream[1]).sum()).backward()
     leaves = prev_h.detach().clone().requires_grad_(), A.detach().clone().requires_grad_()
     want_attn, want_weights = reference.dot_product_attention(*leaves)

@@ -712,7 +712,8 @@ GRADER_INPUT_ATTACKS = Submission("grader-inputs", (
            "zero", r"cannot"),
 ))
 
-SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, KILLS_ITS_SANDBOX, LEAVES_A_PROCESS, RESOURCES, PROBES, WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
+SUBMISSIONS = [FORGED_VERDICTS, PROCESS_ENDS, KILLS_ITS_SANDBOX, LEAVES_A_PROCESS, RESOURCES, PROBES,
+               WORKER_TAMPERING, GRADER_INPUT_ATTACKS]
 
 # ---------------------------------------------------------------------------------------
 # Files that are not notebooks
