@@ -28,7 +28,8 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from autograder import DATA_FILE
+
 
 
 def main(argv=None) -> int:
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     grade_cmd.add_argument("notebook", type=Path)
     grade_cmd.add_argument("--results", type=Path, default=Path("results.json"))
     grade_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    grade_cmd.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "coco.pt")
+    grade_cmd.add_argument("--data", type=Path, default=DATA_FILE)
     grade_cmd.add_argument("--allow-unsandboxed", action="store_true",
                            help="grade even where bubblewrap cannot run (weaker isolation; "
                                 "the results say so)")
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
                            help="submissions graded at once (0: one at a time in this process, "
                                 "for debugging)")
     batch_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    batch_cmd.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "coco.pt")
+    batch_cmd.add_argument("--data", type=Path, default=DATA_FILE)
     batch_cmd.add_argument("--allow-unsandboxed", action="store_true")
     batch_cmd.add_argument("--force", action="store_true",
                            help="grade every submission again (ignore every stored result)")

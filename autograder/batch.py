@@ -34,14 +34,13 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from autograder import checks, grade, workers
+from autograder import REPO_ROOT, checks, grade, workers
 from autograder.submission import NOTEBOOK_NAME, SubmissionError, find_notebook, read_solution_cells
 
 ASSIGNMENT = "rnn_captioning"
 NOTEBOOK = NOTEBOOK_NAME
 RESULTS_DIR = "grader_results"
 CLASS_CSV = "class_results.csv"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the grader is made of: every file matching these, under these folders of the
 # repository. The cache key hashes them, and the Gradescope zip ships them (one list).
 GRADER_DIRS = ("autograder", "solution")

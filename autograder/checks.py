@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autograder import runners
+from autograder import DATA_FILE, runners
 from solution import captioning as reference
 
 POINTS_FILE = Path(__file__).with_name("points.toml")
@@ -34,7 +34,7 @@ POINTS_FILE = Path(__file__).with_name("points.toml")
 # (features of a sensible scale, so that the image really shapes h0). Its features of the val
 # images are computed once and kept here, so that grading never imports torchvision.
 ENCODER_SEED = 0
-FEATURES_CACHE = Path(__file__).resolve().parent.parent / "data" / "encoder_features.pt"
+FEATURES_CACHE = DATA_FILE.with_name("encoder_features.pt")
 FORWARD_TOL = 1e-6
 NUMERIC_TOL = 1e-5
 NUMERIC_STEP = 1e-6

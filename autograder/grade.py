@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autograder import checks, forbidden, sandbox, wire
+from autograder import checks, forbidden, runners, sandbox, wire
 from autograder import workers as worker_groups
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
 from autograder.submission import SubmissionError, read_solution_cells
@@ -335,8 +335,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
 
 
 def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, started) -> GradeResult:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    runners.strict_float_math()
     device = resolve_device(device)
     available, why = sandbox.sandbox_status()
     if not available and not allow_unsandboxed:

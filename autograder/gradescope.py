@@ -19,9 +19,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from autograder import batch, checks, grade
+from autograder import DATA_FILE, REPO_ROOT, batch, checks, grade
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "gradescope"
 # The grader as the batch's cache key sees it (every *.py and *.toml of autograder/ and
 # solution/: one list, batch.grader_files), and the pinned requirements.
@@ -61,7 +60,7 @@ def build_zip(out: Path, data: Path, sandbox_mode: str = "bwrap") -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist" / "gradescope_autograder.zip")
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "coco.pt")
+    parser.add_argument("--data", type=Path, default=DATA_FILE)
     parser.add_argument("--sandbox", choices=["bwrap", "unsandboxed"], default="bwrap")
     args = parser.parse_args(argv)
     try:

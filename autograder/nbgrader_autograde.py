@@ -45,12 +45,12 @@ from pathlib import Path
 import nbformat
 from traitlets import Bool, Unicode
 
+from autograder import DATA_FILE, REPO_ROOT
 from autograder.submission import (NOTEBOOK_NAME, SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
 
 # The grader (batch, grade) is imported where it is used: it imports torch, which nbgrader's
 # other commands (export, generate_feedback, generate_assignment) load this file without.
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "rnn_captioning"
 GRADE_CELL_SUFFIX = "_autograded"
 NBGRADER_INPUT = "nbgrader_input"  # under the course's grader_results/
@@ -89,7 +89,7 @@ class KitGrader(NbGraderPreprocessor):
 
     device = Unicode("cpu", help="cpu, cuda or auto").tag(config=True)
     allow_unsandboxed = Bool(False, help="grade where bubblewrap cannot run").tag(config=True)
-    data = Unicode(str(REPO_ROOT / "data" / "coco.pt"), help="the COCO subset").tag(config=True)
+    data = Unicode(str(DATA_FILE), help="the COCO subset").tag(config=True)
     course_dir = Unicode("", help="the course directory: grade each student's submission in "
                                   "its submitted/ as the batch grader does, and use the result "
                                   "it stored in grader_results/; empty: grade the notebook "

@@ -12,6 +12,13 @@ import torch
 CELL_TYPES = ("rnn", "lstm", "attn")
 
 
+def strict_float_math() -> None:
+    """No TF32 in matrix products and convolutions, so that the GPU computes float64 and
+    float32 as the CPU does, within the tolerances of checks.py."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class PrecomputedFeatures(torch.nn.Module):
     """The sandbox's ImageEncoder: the grader encodes the images itself and gives the
     captioner their (N, 400, 4, 4) features, which the provided ImageEncoder passes through

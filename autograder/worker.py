@@ -367,8 +367,7 @@ def main(results_fd: int, groups: list[tuple[int, tuple[int, ...]]], preload: li
     """groups: (job pipe, served pipes) of each group, in the order they run."""
     make_undumpable()  # first: the pipes are open in this process
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    runners.strict_float_math()
     warm_up(preload)
     private = {results_fd} | {fd for job_fd, served_fds in groups for fd in (job_fd, *served_fds)}
     for job_fd, served_fds in groups:

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from autograder import DATA_FILE, REPO_ROOT
+from autograder.runners import strict_float_math
+
 MIRROR = Path(os.environ.get("COCO_SOURCE", REPO_ROOT.parent / "shared" / "data" / "coco_mini"))
-COCO_PT = REPO_ROOT / "data" / "coco.pt"
+COCO_PT = DATA_FILE
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 
@@ -21,8 +23,7 @@ def devices():
 @pytest.fixture(autouse=True)
 def _seed_and_strict_math():
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    strict_float_math()
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO_ROOT
 
 # Each attack is a function of no argument computing with a forbidden built-in on small valid
 # inputs. GPU_ONLY: no CPU kernel, so unblocked they fail with NotImplementedError.

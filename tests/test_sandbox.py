@@ -20,7 +20,7 @@ import pytest
 from autograder import sandbox
 from autograder.sandbox import Limits, SandboxUnavailable, run_worker
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO_ROOT
 BWRAP_OK, BWRAP_WHY = sandbox.sandbox_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bwrap cannot isolate here: {BWRAP_WHY}")
 FAST = Limits(wall_seconds=20, cpu_seconds=20, memory_bytes=2 << 30, max_processes=16,
