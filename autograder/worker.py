@@ -177,12 +177,16 @@ def _check_child(pid: int, started: float, job: dict) -> dict | None:
                  else {"ended": "exited", "code": os.WEXITSTATUS(status)})
     else:
         wall = time.monotonic() - started
-        if wall > job["unit_wall_seconds"]:
-            how = "busy"
-        elif active_seconds(pid, wall) > job["unit_seconds"]:
+        late = wall > job["unit_wall_seconds"]
+        # The unit's own limits first: past the wall clock, "busy" (run it again) is only for
+        # a unit within them, so that one which stopped this process for a while (it is the
+        # only one that can) meets its time limit, not a free second try.
+        if active_seconds(pid, wall) > job["unit_seconds"]:
             how = "timeout"
-        elif wall - _UNIT_CPU["checked"] > 0.25 and unit_cpu_seconds() > job["unit_cpu_seconds"]:
+        elif (late or wall - _UNIT_CPU["checked"] > 0.25) and unit_cpu_seconds() > job["unit_cpu_seconds"]:
             how = "cpu"  # its processes together: many of them starve its main one
+        elif late:
+            how = "busy"
         else:
             _UNIT_CPU["checked"] = wall if wall - _UNIT_CPU["checked"] > 0.25 else _UNIT_CPU["checked"]
             return None

@@ -57,3 +57,28 @@ def test_grading_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     grade_notebook(INSTRUCTOR_NOTEBOOK)
     assert list(tmp_path.iterdir()) == []
+
+
+STOPS_THE_WORKER = """
+
+import os, signal, time
+__WORKER__ = os.getppid()
+if os.fork() == 0:  # a helper: wakes the worker once the wall-clock limit has passed
+    time.sleep(6)
+    os.kill(__WORKER__, signal.SIGCONT)
+    os._exit(0)
+os.kill(__WORKER__, signal.SIGSTOP)
+time.sleep(8)
+"""
+
+
+def test_a_unit_that_stops_the_worker_past_the_wall_clock_meets_its_own_time_limit(tmp_path, monkeypatch):
+    """Stopped past the wall-clock limit, the worker used to call the unit "busy" (the
+    machine's fault): a free second try, then NOT GRADED for the whole submission."""
+    monkeypatch.setattr(workers, "UNIT_WALL_SECONDS", 4)
+    monkeypatch.setattr(workers, "UNIT_SECONDS", 3)
+    cell = reference.unit_source("WordEmbedding") + STOPS_THE_WORKER.replace("__WORKER__", "_worker")
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"WordEmbedding": cell}))
+    assert result.status == "graded", result.notes
+    assert lost(result) == all_tests_of("WordEmbedding"), failures(result)
+    assert all("time limit" in t.reason for t in result.tests if t.unit == "WordEmbedding")
