@@ -4,7 +4,12 @@
                                [--data data/coco.pt] [--allow-unsandboxed]
 
     python -m autograder batch COURSE_DIR [--jobs N] [--force] [--student ID ...]
-                                          (a whole class; see batch.py)
+                                          [--shard I/N | --shard /N]
+                                          (a whole class, or one slice of it; see batch.py)
+    python -m autograder merge COURSE_DIR [--no-gradebook]
+                                          (after the shards: the class's files; grades nothing)
+    python -m autograder slurm COURSE_DIR --shards N ...       (see autograder/cluster/)
+    python -m autograder kubernetes COURSE_DIR --shards N ...
     python -m autograder classroom results.json            (GitHub Classroom's payload)
 
 SUBMISSION is a notebook, or a folder: then the notebook in it is chosen by the rule of
@@ -19,6 +24,13 @@ in Gradescope's schema. Exit status:
   3  NOT GRADED: a failure the student did not cause persisted (results.json says so, with
      diagnostics in extra_data); grade again.
 batch exits 3 when any submission is NOT GRADED (it lists them), else as grade does.
+merge exits 4 when a student has no stored result (it lists them; grade their shard
+again), else 3 when any is NOT GRADED, else 0; nbgrader's gradebook is built only when
+no result is missing (nbgrader would grade the missing ones itself).
+
+--shard I/N grades the I-th (from 0) of N fixed slices of the class, sorted by student id;
+--shard /N takes I from $SLURM_ARRAY_TASK_ID (a Slurm array task) or $JOB_COMPLETION_INDEX
+(a Kubernetes Indexed Job), and only then: the environment never picks a shard by itself.
 """
 
 import argparse
@@ -56,6 +68,18 @@ def main(argv=None) -> int:
                            help="grade every submission again (ignore every stored result)")
     batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
                            help="grade this student's submission again (repeatable)")
+    batch_cmd.add_argument("--shard", type=shard_argument, metavar="I/N",
+                           help="grade only the I-th (from 0) of N slices of the class; /N: I from "
+                                "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX")
+    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
+                                    "gradebook from the stored results (grades nothing)")
+    merge_cmd.add_argument("course", type=Path)
+    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
+    merge_cmd.add_argument("--no-gradebook", action="store_true",
+                           help="write class_results.csv only (no nbgrader autograde and export)")
+    from autograder import cluster
+
+    cluster.add_commands(commands)
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
@@ -63,16 +87,31 @@ def main(argv=None) -> int:
     if args.command == "classroom":
         print(classroom_payload(json.loads(args.results.read_text())))
         return 0
+    if hasattr(args, "run"):  # the cluster's commands write files; they grade nothing
+        return args.run(args)
     if not args.data.is_file():
         print(f"error: the data file {args.data} is missing: run `make data`", file=sys.stderr)
         return 2
     if args.command == "batch":
         return run_batch(args)
+    if args.command == "merge":
+        return run_merge(args)
 
     return run_grade(args)
 
 
 NOT_GRADED_EXIT = 3
+MISSING_EXIT = 4
+
+
+def shard_argument(spec: str):
+    """--shard's value as a batch.Shard; argparse reports a bad one with the reason."""
+    from autograder.batch import parse_shard
+
+    try:
+        return parse_shard(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_grade(args) -> int:
@@ -157,7 +196,7 @@ def run_batch(args) -> int:
     try:
         outcomes = grade_class(args.course, jobs=args.jobs, data=args.data, device=args.device,
                                allow_unsandboxed=args.allow_unsandboxed, force=args.force,
-                               students=tuple(args.student))
+                               students=tuple(args.student), shard=args.shard)
     except GraderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -172,13 +211,46 @@ def run_batch(args) -> int:
     for student, outcome in sorted(not_graded.items()):
         print(f"{student}: NOT GRADED: {not_graded_reason(outcome).removeprefix('NOT GRADED: ')}",
               file=sys.stderr)
+    written = f"shard {args.shard} (the class's files: `merge`)" if args.shard else args.course / CLASS_CSV
     print(f"{len(outcomes) - len(not_graded)} graded ({len(nothing)} with nothing to grade), "
-          f"{len(not_graded)} NOT GRADED; {args.course / CLASS_CSV}")
+          f"{len(not_graded)} NOT GRADED; {written}")
     if not_graded:
         print("NOT GRADED submissions have no score: run the batch again (it grades them again), "
               "or see README, 'When something goes wrong'", file=sys.stderr)
         return NOT_GRADED_EXIT
     return 0
+
+
+def run_merge(args) -> int:
+    """The class's files from every stored result; the gradebook when none is missing."""
+    from autograder.batch import CLASS_CSV, MISSING, is_not_graded, merge_class, not_graded_reason
+    from autograder.grade import GraderError
+
+    try:
+        outcomes = merge_class(args.course, data=args.data)
+    except GraderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    missing = sorted(s for s, o in outcomes.items() if o.status == MISSING)
+    not_graded = sorted(s for s, o in outcomes.items() if is_not_graded(o))
+    for student in not_graded:
+        print(f"{student}: NOT GRADED: {not_graded_reason(outcomes[student]).removeprefix('NOT GRADED: ')}",
+              file=sys.stderr)
+    for student in missing:
+        print(f"{student}: no stored result (its shard has not run or did not finish)", file=sys.stderr)
+    print(f"{len(outcomes) - len(missing) - len(not_graded)} graded, {len(not_graded)} NOT GRADED, "
+          f"{len(missing)} missing; {args.course / CLASS_CSV}")
+    if missing:
+        print("error: grade the shards of the students above again (each grades only what is "
+              "missing), then merge again; the gradebook was left as it was", file=sys.stderr)
+        return MISSING_EXIT
+    if not args.no_gradebook:
+        from autograder import cluster
+
+        status = cluster.build_gradebook(args.course)
+        if status:
+            return status
+    return NOT_GRADED_EXIT if not_graded else 0
 
 
 def exit_now(code: int) -> None:
