@@ -8,7 +8,7 @@
 # (apt-get install mmdebstrap podman). SUITE and MIRROR choose the Debian release.
 set -euo pipefail
 IMAGE="${1:-captioning-grader:latest}"
-SUITE="${SUITE:-bookworm}"  # its python3 is 3.11, the kit's
+SUITE="${SUITE:-trixie}"  # python3 3.13: the lock needs >= 3.11.5 (soupsieve), bookworm has 3.11.2
 MIRROR="${MIRROR:-}"        # empty: this machine's apt sources
 BASE="localhost/captioning-base:$SUITE"
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -25,5 +25,15 @@ if ! podman image exists "$BASE"; then
 fi
 "$PYTHON" -m autograder.cluster.context "$WORK/context"
 # --network=host: pip reaches PyPI the way this machine does (a proxy, say).
-podman build --network=host --build-arg BASE="$BASE" -t "$IMAGE" -f "$WORK/context/Containerfile" "$WORK/context"
+# --isolation=chroot: the build's RUN steps (pip) need no OCI runtime, hence no cgroups;
+# crun refuses hosts with hybrid cgroups ("cgroups in hybrid mode not supported").
+# HOST_CA: the CA bundle pip trusts during the build (this machine's by default: a site's
+# TLS-inspecting proxy signs with its own CA); mounted for the build only, never in the image.
+HOST_CA="${HOST_CA:-/etc/ssl/certs/ca-certificates.crt}"
+CA_ARGS=()
+if [ -f "$HOST_CA" ]; then
+    CA_ARGS=(-v "$HOST_CA:/run/host-ca.crt:ro" --build-arg HOST_CA_FILE=/run/host-ca.crt)
+fi
+podman build --isolation="${ISOLATION:-chroot}" --network=host --build-arg BASE="$BASE" "${CA_ARGS[@]}" \
+    -t "$IMAGE" -f "$WORK/context/Containerfile" "$WORK/context"
 podman image ls "$IMAGE"
