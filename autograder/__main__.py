@@ -71,12 +71,7 @@ def main(argv=None) -> int:
     batch_cmd.add_argument("--shard", type=shard_argument, metavar="I/N",
                            help="grade only the I-th (from 0) of N slices of the class; /N: I from "
                                 "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX")
-    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
-                                    "gradebook from the stored results (grades nothing)")
-    merge_cmd.add_argument("course", type=Path)
-    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    merge_cmd.add_argument("--no-gradebook", action="store_true",
-                           help="write class_results.csv only (no nbgrader autograde and export)")
+    add_merge_command(commands)
     from autograder import cluster
 
     cluster.add_commands(commands)
@@ -102,6 +97,16 @@ def main(argv=None) -> int:
 
 NOT_GRADED_EXIT = 3
 MISSING_EXIT = 4
+
+
+def add_merge_command(commands) -> None:
+    """`merge`: after sharded batches, the class's files from the stored results."""
+    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
+                                    "gradebook from the stored results (grades nothing)")
+    merge_cmd.add_argument("course", type=Path)
+    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
+    merge_cmd.add_argument("--no-gradebook", action="store_true",
+                           help="write class_results.csv only (no nbgrader autograde and export)")
 
 
 def shard_argument(spec: str):
