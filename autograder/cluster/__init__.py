@@ -36,7 +36,12 @@ def build_gradebook(course: Path) -> int:
               file=sys.stderr)
         return 0
     # nbgrader runs helper programs (alembic) by name: this interpreter's bin comes first.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The course's nbgrader_config.py imports autograder: found beside the course in the
+    # repository, but a course elsewhere (a Kubernetes volume at /course) needs the path.
+    from autograder import REPO_ROOT
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     nbgrader = [sys.executable, "-m", "nbgrader"]
     autograde = subprocess.run([*nbgrader, "autograde", ASSIGNMENT, "--force", "--log-level=WARN",
                                 "--CourseDirectory.submitted_directory="
