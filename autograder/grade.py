@@ -430,7 +430,11 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
                 else:
                     reports[unit] = parse_report(ended, sent)
         culprit = outcome.running
-        if culprit in waiting and culprit not in reports and not outcome.watchdog:
+        if culprit in waiting and culprit not in reports and outcome.stopped_by_unit:
+            reports[culprit] = UnitReport({}, lost=(
+                "your code stopped the grading process (a stop signal to a process other than "
+                "its own): no result"))
+        elif culprit in waiting and culprit not in reports and not outcome.watchdog:
             deaths[culprit] += 1
             if deaths[culprit] >= 2:
                 reports[culprit] = UnitReport({}, lost=(

@@ -45,6 +45,12 @@ _READ_CHUNK = 1 << 16
 _POLL_SECONDS = 0.05  # how often the reading loop checks whether the worker has exited
 _EXIT_GRACE_SECONDS = 1.0  # how long to drain pipes held open by leftovers after the worker exits
 _run_ids = itertools.count()
+# The killed_reason of a run whose worker, or a process above it in the sandbox, was found
+# stopped (SIGSTOP, SIGTSTP...): only code in the sandbox can have sent the signal, and a
+# stopped worker enforces no limit on it.
+WORKER_STOPPED = "the worker was stopped by a process of the sandbox"
+# Under bwrap the worker is the third process below bwrap: the sandbox's pid 1, the reaper, it.
+_BWRAP_DEPTH = 3
 
 # Namespaces and identity under bwrap. --unshare-user is explicit because bwrap run by root
 # would otherwise skip the user namespace (and run the worker as real root).
@@ -59,10 +65,15 @@ _BWRAP_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Run inside the sandbox between bwrap and the worker: it reports the worker's raw wait
 # status on a pipe, because bwrap turns "killed by signal N" into exit code 128 + N.
-# Exec'd, it is dumpable: once the worker runs it closes every descriptor but its own, so
-# that no process of the sandbox can open the worker's pipes through /proc/<reaper>/fd.
+# Exec'd python is dumpable: it makes itself not, so that no process of the sandbox can
+# open its descriptors through /proc/<reaper>/fd (forge its status or stderr), and closes
+# every descriptor but its own once the worker runs (a job pipe held open never ends).
 _REAPER = """\
-import os, sys
+import ctypes, os, sys
+libc = ctypes.CDLL(None)
+if libc.prctl(4, 0, 0, 0, 0) or libc.prctl(3, 0, 0, 0, 0):  # PR_SET_DUMPABLE 0, PR_GET_DUMPABLE
+    sys.stderr.write("reaper: could not make itself non-dumpable; refusing to run")
+    os._exit(125)
 fd = int(sys.argv[1])
 os.set_inheritable(fd, False)
 pid = os.fork()
@@ -540,8 +551,10 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
             os.close(fd)
     on_start()
     cgroups.check_member(proc.pid)
+    depth = _BWRAP_DEPTH if mode == "bwrap" else 0
     try:
-        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel)
+        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel,
+                                                     lambda: _worker_stopped(proc.pid, depth))
     finally:
         _kill(proc, cgroups)  # nothing the worker started outlives the run
         proc.stdout.close()
@@ -554,8 +567,9 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
 
 
 def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _Cgroups,
-             cancel=None):
-    """Read stdout and stderr until both close, the process ends or a limit is hit.
+             cancel=None, stopped=lambda: False):
+    """Read stdout and stderr until both close, the process ends, a limit is hit or
+    ``stopped()`` says the worker was stopped.
 
     Returns (stdout bytes, stderr bytes, truncated, killed_reason or None). Bytes beyond
     ``output_bytes`` (both streams together) are read and dropped, so the worker never
@@ -575,6 +589,9 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _
             if cancel is not None and cancel.is_set():
                 _kill(proc, cgroups)
                 return _output(kept, seen, limits, "stopped by the grader")
+            if exited_at is None and stopped():
+                _kill(proc, cgroups)
+                return _output(kept, seen, limits, WORKER_STOPPED)
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
                 _kill(proc, cgroups)  # leftovers holding the pipes open
@@ -598,6 +615,26 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _
         _kill(proc, cgroups)
         return _output(kept, seen, limits, "wall-clock limit")
     return _output(kept, seen, limits, None)
+
+
+def _worker_stopped(pid: int, depth: int) -> bool:
+    """Whether pid, or one of its only children down to ``depth`` levels (the worker), is
+    stopped. The worker's own children (the units) are not looked at: a unit may stop itself."""
+    for level in range(depth + 1):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    return True
+            if level == depth:
+                return False
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except (OSError, IndexError):
+            return False  # ended meanwhile
+        if len(children) != 1:
+            return False  # not started yet, or ending
+        pid = int(children[0])
+    return False
 
 
 def _output(kept: dict[int, bytearray], seen: int, limits: Limits, reason: str | None):

@@ -89,6 +89,12 @@ class SandboxOutcome:
     error: str = ""  # the sandbox could not run at all
     watchdog: bool = False  # the grader stopped it for silence: the machine's fault, not a unit's
 
+    @property
+    def stopped_by_unit(self) -> bool:
+        """The worker was found stopped while a unit ran: only that unit can have done it."""
+        return (self.running is not None and self.sandbox is not None
+                and self.sandbox.killed_reason == sandbox.WORKER_STOPPED)
+
     def diagnostics(self) -> dict:
         """Instructor-only: how the sandbox ended and the tail of its stderr."""
         run = self.sandbox

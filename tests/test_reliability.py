@@ -64,7 +64,7 @@ STOPS_THE_WORKER = """
 import os, signal, time
 __WORKER__ = os.getppid()
 if os.fork() == 0:  # a helper: wakes the worker once the wall-clock limit has passed
-    time.sleep(6)
+    time.sleep(__WAKE__)
     os.kill(__WORKER__, signal.SIGCONT)
     os._exit(0)
 os.kill(__WORKER__, signal.SIGSTOP)
@@ -72,13 +72,16 @@ time.sleep(8)
 """
 
 
-def test_a_unit_that_stops_the_worker_past_the_wall_clock_meets_its_own_time_limit(tmp_path, monkeypatch):
-    """Stopped past the wall-clock limit, the worker used to call the unit "busy" (the
-    machine's fault): a free second try, then NOT GRADED for the whole submission."""
+@pytest.mark.parametrize("wake", [6, 3600], ids=["woken-past-the-wall-clock", "stopped-for-good"])
+def test_a_unit_that_stops_the_worker_loses_only_its_own_points(tmp_path, monkeypatch, wake):
+    """A stopped worker enforces no limit. Stopped for good, it used to be silent until the
+    watchdog (NOT GRADED after 11 minutes, twice); woken past the wall-clock limit, its unit
+    used to be "busy" (the machine's fault): a free second try, then NOT GRADED."""
     monkeypatch.setattr(workers, "UNIT_WALL_SECONDS", 4)
     monkeypatch.setattr(workers, "UNIT_SECONDS", 3)
-    cell = reference.unit_source("WordEmbedding") + STOPS_THE_WORKER.replace("__WORKER__", "_worker")
+    cell = reference.unit_source("WordEmbedding") + (
+        STOPS_THE_WORKER.replace("__WORKER__", "_worker").replace("__WAKE__", str(wake)))
     result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"WordEmbedding": cell}))
     assert result.status == "graded", result.notes
     assert lost(result) == all_tests_of("WordEmbedding"), failures(result)
-    assert all("time limit" in t.reason for t in result.tests if t.unit == "WordEmbedding")
+    assert all("stopped the grading process" in t.reason for t in result.tests if t.unit == "WordEmbedding")
