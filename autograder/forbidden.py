@@ -694,7 +694,7 @@ _DISMANTLING_MODULES = {
     "multiprocessing": "it runs code outside the grader's process",
     "pty": "it runs code outside the grader's process",
     "forbidden": "it is part of the grader", "worker": "it is part of the grader",
-    "runners": "it is part of the grader", "served": "it is part of the grader",
+    "graded_tests": "it is part of the grader", "served": "it is part of the grader",
     "wire": "it is part of the grader", "autograder": "it is part of the grader",
     "solution": "it is the grader's reference",
 }

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autograder import checks, forbidden, runners, sandbox, wire
+from autograder import checks, forbidden, graded_tests, sandbox, wire
 from autograder import workers as worker_groups
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
 from autograder.submission import SubmissionError, read_solution_cells
@@ -152,9 +152,7 @@ def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str
             code.append({"name": dependency, "source": cells[dependency]})
         unit_tests = []
         for test in (t for t in tests if t.unit == unit):
-            entry = {"test": test.name, "cases": len(test.cases)}
-            if test.options is not None:
-                entry["options"] = test.options
+            entry = {"test": test.name, "cases": len(test.cases), "shared": test.shared}
             unit_tests.append(entry)
             for index, case in enumerate(test.cases):
                 for name, value in case.inputs.items():
@@ -292,7 +290,7 @@ def score_unit(unit: str, tests, report: UnitReport, budget: StudentText) -> lis
             elif not case_outputs:
                 reason = f"{where}: {_lost_reason(unit, report, budget)}"
             else:
-                problem = checks.judge_case(case, case_outputs)
+                problem = checks.judge_case(case, case_outputs, test.tolerance)
                 reason = f"{where}: {problem}" if problem else None
             if reason:
                 break
@@ -335,7 +333,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
 
 
 def _grade(notebook, coco, device, allow_unsandboxed, fixture, secret, started) -> GradeResult:
-    runners.strict_float_math()
+    graded_tests.strict_float_math()
     device = resolve_device(device)
     available, why = sandbox.sandbox_status()
     if not available and not allow_unsandboxed:

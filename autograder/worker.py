@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import forbidden
-import runners
+import graded_tests
 import served
 import wire
 
@@ -65,7 +65,7 @@ def load_namespace(code: list[dict]) -> dict:
         exec(compile(entry["source"], f"<{entry['name']}>", "exec"), namespace)
         if entry["name"] == "provided code":
             # The grader encodes the images itself: no sandbox imports torchvision.
-            namespace["ImageEncoder"] = runners.PrecomputedFeatures
+            namespace["ImageEncoder"] = graded_tests.PrecomputedFeatures
     return namespace
 
 
@@ -79,14 +79,13 @@ def to_array(value, name: str) -> np.ndarray:
 def run_test(namespace: dict, unit: str, test: dict, inputs, device: str) -> tuple[dict, list]:
     """Every case of one test: (outputs by "test/case/name", errors)."""
     outputs, errors = {}, []
-    run = runners.runner(unit, test["test"])
+    run = graded_tests.runner(unit, test["test"])
     for case in range(test["cases"]):
         prefix = f"{test['test']}/{case}/"
         case_inputs = {k[len(prefix):]: torch.from_numpy(inputs[k]).to(device)
                        for k in inputs.files if k.startswith(prefix)}
         try:
-            result = (run(namespace, case_inputs, test["options"]) if "options" in test
-                      else run(namespace, case_inputs))
+            result = run(namespace, case_inputs, test["shared"])
             for name, value in result.items():
                 outputs[prefix + name] = to_array(value, name)
         except BaseException as exc:
@@ -371,7 +370,7 @@ def main(results_fd: int, groups: list[tuple[int, tuple[int, ...]]], preload: li
     """groups: (job pipe, served pipes) of each group, in the order they run."""
     make_undumpable()  # first: the pipes are open in this process
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    runners.strict_float_math()
+    graded_tests.strict_float_math()
     warm_up(preload)
     private = {results_fd} | {fd for job_fd, served_fds in groups for fd in (job_fd, *served_fds)}
     for job_fd, served_fds in groups:

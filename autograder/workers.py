@@ -36,7 +36,7 @@ from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
 # The only files of this machine a sandbox sees, besides the system and Python.
-WORKER_FILES = ("worker.py", "runners.py", "forbidden.py", "served.py", "wire.py")
+WORKER_FILES = ("worker.py", "graded_tests.py", "forbidden.py", "served.py", "wire.py")
 
 # Limits of one unit (all its tests), enforced in the sandbox by worker.py. A unit's time
 # is what it spends computing, sleeping or blocked: time spent waiting for a CPU on a busy
