@@ -89,7 +89,8 @@ def run_grade(args) -> int:
         workers = Workers(args.allow_unsandboxed)
     try:
         from autograder import batch
-        from autograder.grade import GraderError, grade, table, write_results
+        from autograder.grade import GraderError, grade
+        from autograder.reports import table, write_results
         from autograder.submission import NOTEBOOK_NAME, find_notebook
 
         try:

@@ -18,8 +18,6 @@ import hashlib
 import importlib.metadata
 import io
 import math
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autograder import DATA_FILE, graded_tests
+from autograder import DATA_FILE, graded_tests, write_atomically
 from autograder.graded_tests import NUMERIC_STEP, NUMERIC_TOLERANCE, OUTPUT_TOLERANCE, Draw
 from solution import captioning as reference
 
@@ -113,10 +111,8 @@ def encoder_features(coco: dict, cache: Path = FEATURES_CACHE) -> torch.Tensor:
     blob = features_file(coco)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
-        with os.fdopen(handle, "wb") as f:
+        with write_atomically(cache, "wb") as f:
             f.write(blob)
-        os.replace(temporary, cache)
     except OSError:
         pass
     return torch.load(io.BytesIO(blob), weights_only=True)["features"]

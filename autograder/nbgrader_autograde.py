@@ -45,7 +45,7 @@ from pathlib import Path
 import nbformat
 from traitlets import Bool, Unicode
 
-from autograder import DATA_FILE, REPO_ROOT
+from autograder import DATA_FILE, REPO_ROOT, write_atomically
 from autograder.submission import (NOTEBOOK_NAME, SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
 
@@ -209,12 +209,10 @@ class KitCsvExport(CsvExportPlugin):
         fields = (list(rows[0]) if rows else
                   ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name",
                    "email", "raw_score", "late_submission_penalty", "score", "max_score", "status"])
-        tmp = f"{dest}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with write_atomically(dest, newline="") as f:
             writer = csv.DictWriter(f, fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, dest)
 
 
 # ---------------------------------------------------------------------------------------

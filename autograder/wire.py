@@ -10,6 +10,7 @@ A value tree (``pack``/``unpack``) is JSON in which every array is replaced by
 ``{"array": index}``, the arrays' raw bytes following one another in the payload.
 """
 
+import io
 import json
 import os
 import struct
@@ -193,3 +194,32 @@ def split_frames(data: bytes, max_payload: int) -> list[tuple[dict, bytes]]:
         frames.append((header, data[start + head_size:end]))
         offset = end
     return frames
+
+
+# ---------------------------------------------------------------------------------------
+# A worker group's job, and a unit's outputs
+# ---------------------------------------------------------------------------------------
+# A job is one .npz: JOB_DESCRIPTION (JSON: code, tests, limits) and every hidden input,
+# keyed "<unit>/<test>/<case>/<name>". A unit reports each test's outputs as an .npz keyed
+# "<test>/<case>/<name>" (case_key), on its own frame.
+
+JOB_DESCRIPTION = "job.json"
+
+
+def case_key(test: str, case: int, name: str) -> str:
+    return f"{test}/{case}/{name}"
+
+
+def pack_job(description: dict, inputs: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """The job's bytes; inputs: {unit: {case_key: array}}."""
+    arrays = {f"{unit}/{key}": value for unit, by_key in inputs.items() for key, value in by_key.items()}
+    arrays[JOB_DESCRIPTION] = np.frombuffer(json.dumps(description).encode(), dtype=np.uint8)
+    blob = io.BytesIO()
+    np.savez(blob, **arrays)
+    return blob.getvalue()
+
+
+def unpack_job(data: bytes):
+    """(description, the .npz: its inputs are read lazily) of a job's bytes."""
+    inputs = np.load(io.BytesIO(data), allow_pickle=False)
+    return json.loads(inputs[JOB_DESCRIPTION].tobytes()), inputs

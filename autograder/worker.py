@@ -18,7 +18,6 @@ nothing from the repository besides its neighbours.
 import ctypes
 import importlib
 import io
-import json
 import os
 import resource
 import select
@@ -81,7 +80,7 @@ def run_test(namespace: dict, unit: str, test: dict, inputs, device: str) -> tup
     outputs, errors = {}, []
     run = graded_tests.runner(unit, test["test"])
     for case in range(test["cases"]):
-        prefix = f"{test['test']}/{case}/"
+        prefix = wire.case_key(test["test"], case, "")
         case_inputs = {k[len(prefix):]: torch.from_numpy(inputs[k]).to(device)
                        for k in inputs.files if k.startswith(prefix)}
         try:
@@ -266,10 +265,7 @@ def read_job(fd: int):
             raise ValueError("job too large")
         chunks.append(chunk)
     os.close(fd)
-    if not chunks:
-        return None
-    inputs = np.load(io.BytesIO(b"".join(chunks)), allow_pickle=False)
-    return json.loads(inputs["job.json"].tobytes()), inputs
+    return wire.unpack_job(b"".join(chunks)) if chunks else None
 
 
 def fork_before(deadline: float) -> int | None:

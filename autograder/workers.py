@@ -184,6 +184,13 @@ class Workers:
 
     close = wait
 
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        self.wait()
+        return False
+
     def _read_reports(self) -> None:
         """Collect the worker's frames; stop the sandbox when it goes silent for longer than
         any unit may take (a stopped or wedged worker)."""

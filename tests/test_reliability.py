@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from autograder import grade, sandbox, workers
+from autograder import grade, reports, sandbox, workers
 from grading import INSTRUCTOR_NOTEBOOK, all_tests_of, failures, grade_notebook, lost, write_submission
 from solution import source as reference
 
@@ -23,7 +23,8 @@ def test_a_sandbox_that_never_reports_makes_the_submission_not_graded(monkeypatc
     assert any(n.startswith("NOT GRADED") for n in result.notes)
     assert all(t.reason == "NOT GRADED" for t in result.tests)
     assert result.diagnostics and all("stderr_tail" in d for d in result.diagnostics.values())
-    assert "NOT GRADED" in grade.table(result) and grade.results_json(result)["extra_data"]["status"] == "not graded"
+    assert "NOT GRADED" in reports.table(result)
+    assert reports.results_json(result)["extra_data"]["status"] == "not graded"
 
 
 def test_a_sandbox_lost_once_is_graded_again_with_the_same_score(monkeypatch):
