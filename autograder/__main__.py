@@ -76,6 +76,7 @@ NOT_GRADED_EXIT = 3
 
 
 def run_grade(args) -> int:
+    """Grades one submission (the grade command); returns the exit status."""
     if not args.notebook.exists():
         print(f"error: {args.notebook} does not exist (give the path of a submitted notebook, "
               "or of a folder holding one)", file=sys.stderr)
@@ -89,36 +90,21 @@ def run_grade(args) -> int:
         workers = Workers(args.allow_unsandboxed)
     try:
         from autograder import batch
-        from autograder.grade import GraderError, grade
-        from autograder.reports import table, write_results
+        from autograder.grade import GraderError
+        from autograder.reports import write_results
         from autograder.submission import NOTEBOOK_NAME, find_notebook
 
         try:
             batch.check_points()
             coco = batch.load_data(args.data)
-            note = ""
-            notebook = args.notebook
-            if notebook.is_dir():
-                notebook, note = find_notebook(notebook, NOTEBOOK_NAME)
-            if notebook is None:  # the student's problem: a 0 with the reason
-                available, why = sandbox.sandbox_status()
-                if not available and not args.allow_unsandboxed:
-                    raise GraderError(f"cannot sandbox student code: {why}")
-                result = batch.nothing_to_grade(note, args.device)
-                result.mode = "bwrap" if available else "unsandboxed"
-            else:
-                result = batch.with_note(grade(notebook, coco=coco, device=args.device,
-                                               allow_unsandboxed=args.allow_unsandboxed,
-                                               workers=workers), note)
+            notebook, note = (find_notebook(args.notebook, NOTEBOOK_NAME) if args.notebook.is_dir()
+                              else (args.notebook, ""))
+            result = _grade_found(notebook, note, coco, args, workers)
         except GraderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:  # a bug of the grader on this submission: not the student's
-            import traceback
-
-            result = batch.not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
-                                      f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]},
-                                      args.device)
+            result = _grader_failure(exc, args.device)
         try:
             write_results(result, args.results)
         except OSError as exc:
@@ -127,6 +113,42 @@ def run_grade(args) -> int:
     finally:
         if workers is not None:
             workers.close()
+    return _report(result, args.results)
+
+
+def _grade_found(notebook: Path | None, note: str, coco, args, workers):
+    """The result of the notebook found in the submission, or, when none was (notebook None), a
+    0 saying why; GraderError when student code cannot be sandboxed."""
+    from autograder import batch, sandbox
+    from autograder.grade import GraderError, grade
+
+    if notebook is None:  # the student's problem: a 0 with the reason
+        available, why = sandbox.sandbox_status()
+        if not available and not args.allow_unsandboxed:
+            raise GraderError(f"cannot sandbox student code: {why}")
+        result = batch.nothing_to_grade(note, args.device)
+        result.mode = "bwrap" if available else "unsandboxed"
+        return result
+    return batch.with_note(grade(notebook, coco=coco, device=args.device,
+                                 allow_unsandboxed=args.allow_unsandboxed, workers=workers), note)
+
+
+def _grader_failure(exc: Exception, device: str):
+    """The NOT GRADED result of the grader failing with exc (call it while exc is handled: its
+    traceback goes into the result)."""
+    import traceback
+
+    from autograder import batch
+
+    return batch.not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]}, device)
+
+
+def _report(result, results_path: Path) -> int:
+    """Prints the result's table (and, when NOT GRADED, why); returns the exit status."""
+    from autograder import batch
+    from autograder.reports import table
+
     text = table(result)
     if batch.is_not_graded(result):
         reason = batch.not_graded_reason(result).removeprefix("NOT GRADED: ")
@@ -134,10 +156,10 @@ def run_grade(args) -> int:
             text = f"NOT GRADED: {reason}\n{text}"
         print(text)
         print(f"NOT GRADED: {reason}. No score was recorded; grade again. Diagnostics: "
-              f"{args.results} (extra_data)", file=sys.stderr)
+              f"{results_path} (extra_data)", file=sys.stderr)
         return NOT_GRADED_EXIT
     print(text)
-    print(f"results written to {args.results}")
+    print(f"results written to {results_path}")
     return 0
 
 

@@ -249,6 +249,19 @@ def stub_notebook(source: nbformat.NotebookNode, reason: str) -> nbformat.Notebo
     return nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(source.metadata))
 
 
+def _restore_grade_cells(cells: list, canonical: dict, seen: set[str], position: dict[str, int]) -> None:
+    """Inserts into cells each grade cell of canonical whose grade_id is not in seen, after its
+    unit's cell (position: grade_id -> index in cells) or at the end; returns None."""
+    # A grade cell the student deleted comes back, so that every unit's score has a cell to go in.
+    for grade_id, cell in canonical.items():
+        if cell.metadata.nbgrader.get("grade") and grade_id not in seen:
+            unit = grade_id.removesuffix(GRADE_CELL_SUFFIX)
+            at = position[unit] + 1 if unit in position else len(cells)
+            cells.insert(at, nbformat.v4.new_code_cell(
+                cell.source, metadata={"nbgrader": copy.deepcopy(cell.metadata.nbgrader)}))
+            position = {g: p + (p >= at) for g, p in position.items()}
+
+
 def normalise(notebook: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The submission as nbgrader should see it: for each grade_id, only the cell the kit
     grades carries it, with the assignment's own metadata; every grade cell present."""
@@ -278,15 +291,7 @@ def normalise(notebook: nbformat.NotebookNode, source: nbformat.NotebookNode) ->
                 cell["source"] = (f"# NOT GRADED: a cell above has the same grade_id ({grade_id}); "
                                   "the first one counts.\n" + cell["source"])
         cells.append(cell)
-    # A grade cell the student deleted comes back, after its unit's cell (or at the end),
-    # so that every unit's score has a cell to go in.
-    for grade_id, cell in canonical.items():
-        if cell.metadata.nbgrader.get("grade") and grade_id not in seen:
-            unit = grade_id.removesuffix(GRADE_CELL_SUFFIX)
-            at = position[unit] + 1 if unit in position else len(cells)
-            cells.insert(at, nbformat.v4.new_code_cell(
-                cell.source, metadata={"nbgrader": copy.deepcopy(cell.metadata.nbgrader)}))
-            position = {g: p + (p >= at) for g, p in position.items()}
+    _restore_grade_cells(cells, canonical, seen, position)
     notebook.cells = cells
     ids = [c.get("id") for c in cells]
     if notebook.get("nbformat_minor", 0) >= 5 and len(set(ids)) != len(ids):

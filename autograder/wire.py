@@ -123,6 +123,34 @@ def leaves(value, kind) -> list:
     return []
 
 
+def _array_header(node: dict, max_dim: int, max_dims: int) -> tuple[str, list[int]]:
+    """(dtype, shape) of an array node, checked: a dtype of DTYPES and at most max_dims sizes,
+    each an int from 0 to max_dim; WireError otherwise."""
+    dtype, shape = node.get("dtype"), node.get("shape")
+    if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > max_dims or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= max_dim for n in shape):
+        raise WireError("malformed array, or a size over the bounds")
+    return dtype, shape
+
+
+def _unpack_tree(node, depth: int, array):
+    """The value a tree from pack() stands for, each array node made by array(node); WireError
+    for anything pack() would not have produced."""
+    if depth > MAX_DEPTH:
+        raise WireError("value nested too deeply")
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if isinstance(node, list):
+        return [_unpack_tree(x, depth + 1, array) for x in node]
+    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
+        return tuple(_unpack_tree(x, depth + 1, array) for x in node["tuple"])
+    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
+        return {str(k): _unpack_tree(x, depth + 1, array) for k, x in node["dict"].items()}
+    if isinstance(node, dict) and "array" in node:
+        return array(node)
+    raise WireError("malformed value")
+
+
 def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
            max_dim: int | None = None, max_dims: int = MAX_DIMS):
     """The value that pack() made, checked; arrays become from_array(numpy array).
@@ -136,11 +164,7 @@ def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
     offset = [0]
 
     def array(node):
-        dtype, shape = node.get("dtype"), node.get("shape")
-        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > max_dims or not all(
-                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= (max_dim or max_elements)
-                for n in shape):
-            raise WireError("malformed array, or a size over the bounds")
+        dtype, shape = _array_header(node, max_dim or max_elements, max_dims)
         count = 1
         for n in shape:
             count *= n
@@ -154,22 +178,7 @@ def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
         offset[0] += size
         return from_array(data.copy())
 
-    def walk(node, depth):
-        if depth > MAX_DEPTH:
-            raise WireError("value nested too deeply")
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        if isinstance(node, list):
-            return [walk(x, depth + 1) for x in node]
-        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
-            return tuple(walk(x, depth + 1) for x in node["tuple"])
-        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
-            return {str(k): walk(x, depth + 1) for k, x in node["dict"].items()}
-        if isinstance(node, dict) and "array" in node:
-            return array(node)
-        raise WireError("malformed value")
-
-    value = walk(tree, 0)
+    value = _unpack_tree(tree, 0, array)
     if offset[0] != len(payload):
         raise WireError("payload longer than its arrays")
     return value

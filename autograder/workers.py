@@ -116,19 +116,9 @@ class Workers:
         self._cancel = threading.Event()
         self._jobs, self._served = {}, {}  # group -> our end of its job pipe, of its served pipes
         self._results, results_write = os.pipe()
-        passed = [results_write]
-        argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write)]
-        for group in self.groups:
-            job_read, self._jobs[group] = os.pipe()
-            passed.append(job_read)
-            spec = str(job_read)
-            if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
-                request_read, request_write = os.pipe()
-                reply_read, reply_write = os.pipe()
-                self._served[group] = (request_read, reply_write)
-                passed += [request_write, reply_read]
-                spec += f":{request_write},{reply_read}"
-            argv += ["--group", spec]
+        group_args, group_fds = self._group_pipes()
+        passed = [results_write, *group_fds]
+        argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write), *group_args]
         if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
             argv.append("--own-pid-namespace")
         units = sum(len(GROUP_UNITS[g]) for g in self.groups)
@@ -151,6 +141,23 @@ class Workers:
         self._served_threads = []
         for thread in self._threads:
             thread.start()
+
+    def _group_pipes(self) -> tuple[list[str], list[int]]:
+        """(worker.py's --group arguments, the worker's ends of the pipes they name): a job pipe
+        for each group, and a request and a reply pipe for each group that is served."""
+        args, passed = [], []
+        for group in self.groups:
+            job_read, self._jobs[group] = os.pipe()
+            passed.append(job_read)
+            spec = str(job_read)
+            if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
+                request_read, request_write = os.pipe()
+                reply_read, reply_write = os.pipe()
+                self._served[group] = (request_read, reply_write)
+                passed += [request_write, reply_read]
+                spec += f":{request_write},{reply_read}"
+            args += ["--group", spec]
+        return args, passed
 
     def send(self, group: str, blob: bytes, service=None) -> None:
         """Give a group its job (written on a thread: the worker reads it only when the
