@@ -21,13 +21,11 @@ from pathlib import Path
 import nbformat
 import torch
 
+from autograder import ASSIGNMENT, COURSE_DIR, POINTS_FILE, REPO_ROOT, SOURCE_NOTEBOOK
 from solution import source as reference
 
-ASSIGNMENT_DIR = Path(__file__).resolve().parent
-REPO_ROOT = ASSIGNMENT_DIR.parent
-TEXT_SOURCE = ASSIGNMENT_DIR / "rnn_captioning_notebook.py"
-NOTEBOOK = ASSIGNMENT_DIR / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
-POINTS_FILE = REPO_ROOT / "autograder" / "points.toml"
+TEXT_SOURCE = COURSE_DIR / f"{ASSIGNMENT}_notebook.py"
+NOTEBOOK = SOURCE_NOTEBOOK
 
 _CELL_MARKER = re.compile(r"^# %%(?: \[(?P<kind>\w+)\](?P<args>.*))?$")
 _PLACEHOLDER = re.compile(r"^(?P<indent>\s*)expected_(?P<name>\w+) = EXPECTED$", re.MULTILINE)

@@ -7,6 +7,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_FILE = REPO_ROOT / "data" / "coco.pt"  # built by `make data`; every command's default --data
+ASSIGNMENT = "rnn_captioning"  # nbgrader's name of the assignment (the Makefile's ASSIGNMENT too)
+NOTEBOOK_NAME = f"{ASSIGNMENT}.ipynb"  # the notebook students hand in
+COURSE_DIR = REPO_ROOT / "assignment"  # the nbgrader course directory
+SOURCE_NOTEBOOK = COURSE_DIR / "source" / ASSIGNMENT / NOTEBOOK_NAME  # the instructor's (make notebook)
+POINTS_FILE = REPO_ROOT / "autograder" / "points.toml"  # every graded test's points
 
 
 @contextlib.contextmanager

@@ -82,12 +82,12 @@ def run_grade(args) -> int:
               "or of a folder holding one)", file=sys.stderr)
         return 2
     from autograder import sandbox
-    from autograder.workers import Workers
+    from autograder.submission_sandbox import SubmissionSandbox
 
     # The sandbox starts first: its torch import runs beside this process's own.
-    workers = None
+    started = None
     if sandbox.sandbox_status()[0] or args.allow_unsandboxed:
-        workers = Workers(args.allow_unsandboxed)
+        started = SubmissionSandbox(args.allow_unsandboxed)
     try:
         from autograder import batch
         from autograder.grade import GraderError
@@ -99,7 +99,7 @@ def run_grade(args) -> int:
             coco = batch.load_data(args.data)
             notebook, note = (find_notebook(args.notebook, NOTEBOOK_NAME) if args.notebook.is_dir()
                               else (args.notebook, ""))
-            result = _grade_found(notebook, note, coco, args, workers)
+            result = _grade_found(notebook, note, coco, args, started)
         except GraderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -111,12 +111,12 @@ def run_grade(args) -> int:
             print(f"error: cannot write {args.results}: {exc.strerror}", file=sys.stderr)
             return 2
     finally:
-        if workers is not None:
-            workers.close()
+        if started is not None:
+            started.close()
     return _report(result, args.results)
 
 
-def _grade_found(notebook: Path | None, note: str, coco, args, workers):
+def _grade_found(notebook: Path | None, note: str, coco, args, started):
     """The result of the notebook found in the submission, or, when none was (notebook None), a
     0 saying why; GraderError when student code cannot be sandboxed."""
     from autograder import batch, sandbox
@@ -130,7 +130,7 @@ def _grade_found(notebook: Path | None, note: str, coco, args, workers):
         result.mode = "bwrap" if available else "unsandboxed"
         return result
     return batch.with_note(grade(notebook, coco=coco, device=args.device,
-                                 allow_unsandboxed=args.allow_unsandboxed, workers=workers), note)
+                                 allow_unsandboxed=args.allow_unsandboxed, started=started), note)
 
 
 def _grader_failure(exc: Exception, device: str):

@@ -34,10 +34,9 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from autograder import REPO_ROOT, checks, grade, workers
-from autograder.submission import NOTEBOOK_NAME, SubmissionError, find_notebook, read_solution_cells
+from autograder import ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, checks, grade, sandbox, submission_sandbox
+from autograder.submission import SubmissionError, find_notebook, read_solution_cells
 
-ASSIGNMENT = "rnn_captioning"
 NOTEBOOK = NOTEBOOK_NAME
 RESULTS_DIR = "grader_results"
 CLASS_CSV = "class_results.csv"
@@ -338,7 +337,7 @@ def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[in
     its sandbox's memory limit and a grader process; under cuda, the GPU's memory fractions
     of all jobs together must stay below the whole GPU."""
     memory = physical_memory() if memory is None else memory
-    each = workers.SANDBOX_LIMITS["memory_bytes"] + GRADER_PROCESS_BYTES
+    each = sandbox.Limits().memory_bytes + GRADER_PROCESS_BYTES
     fit = max(1, memory // each)
     reasons = []
     if jobs > fit:
@@ -346,9 +345,9 @@ def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[in
                        f"each: the sandbox's limit and the grader) and this machine has "
                        f"{memory / 2**30:.0f} GiB")
     if device == "cuda":
-        gpu_fit = max(1, int(1 / workers.CUDA_MEMORY_FRACTION) - 1)
+        gpu_fit = max(1, int(1 / submission_sandbox.CUDA_MEMORY_FRACTION) - 1)
         if min(jobs, fit) > gpu_fit:
-            reasons.append(f"each job's units may hold {workers.CUDA_MEMORY_FRACTION:.0%} of the "
+            reasons.append(f"each job's units may hold {submission_sandbox.CUDA_MEMORY_FRACTION:.0%} of the "
                            f"GPU's memory, so at most {gpu_fit} jobs fit on it")
             fit = min(fit, gpu_fit)
     if jobs <= fit:

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autograder import DATA_FILE, graded_tests, write_atomically
+from autograder import DATA_FILE, POINTS_FILE, graded_tests, write_atomically
 from autograder.graded_tests import NUMERIC_STEP, NUMERIC_TOLERANCE, OUTPUT_TOLERANCE, Draw
 from solution import captioning as reference
 
-POINTS_FILE = Path(__file__).with_name("points.toml")
 # The grader's image encoder: torchvision's RegNet-X 400MF with its own initialisation, seeded
 # (features of a sensible scale, so that the image really shapes h0). Its features of the val
 # images are computed once and kept here, so that grading never imports torchvision.

@@ -6,12 +6,12 @@
 3. draw: each test's hidden cases from a seed of the secret and the code, and the
    reference's outputs on them (checks.py, graded_tests.py);
 4. isolate and run: the units in the submission's sandbox, group after group (jobs.py says
-   what a sandbox is sent, workers.py how it runs, worker.py what runs inside);
+   what a sandbox is sent, submission_sandbox.py how it runs, worker.py what runs inside);
 5. compare and score: each unit's reported outputs against the expected ones (scoring.py);
 6. report: the GradeResult, written by the caller (reports.py, batch.py, nbgrader).
 
 Who can touch what: no sandbox holds reference code, expected values or the secret; a
-group's job reaches its processes only once the earlier groups are done (workers.py says
+group's job reaches its processes only once the earlier groups are done (submission_sandbox.py says
 why that suffices). A sandbox that dies with no unit to blame is started again for the
 units it did not finish; a unit during which a sandbox died twice, or that stopped its
 worker, loses its points; a failure that persists outside any unit makes the submission
@@ -34,7 +34,7 @@ from autograder import checks, forbidden, graded_tests, jobs, sandbox
 from autograder.scoring import (NOT_GRADED, GradeResult, StudentText, TestResult, UnitReport, clean_text,
                                 parse_report, score_unit)
 from autograder.submission import SubmissionError, read_solution_cells
-from autograder.workers import STUDENT_DEPENDENCIES, UNITS, WORKER_GROUPS, Workers
+from autograder.submission_sandbox import STUDENT_DEPENDENCIES, UNITS, WORKER_GROUPS, SubmissionSandbox
 from solution import source as reference_source
 
 SECRET_FILE = Path(__file__).resolve().parent / ".grader_secret"
@@ -46,13 +46,13 @@ class GraderError(RuntimeError):
 
 def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed: bool = False,
           fixture: checks.CaptionerFixture | None = None, secret: bytes | None = None,
-          workers: Workers | None = None) -> GradeResult:
+          started: SubmissionSandbox | None = None) -> GradeResult:
     """Grade one submitted notebook. Raises GraderError only when the grader cannot work.
 
-    workers: a sandbox started beforehand (so that its start-up overlaps with the caller's
+    started: a sandbox started beforehand (so that its start-up overlaps with the caller's
     own); grade() uses it or starts its own, and closes it either way.
     """
-    with workers or contextlib.nullcontext():
+    with started or contextlib.nullcontext():
         device, mode = grading_conditions(device, allow_unsandboxed)
         points = checks.load_points()
         try:
@@ -64,7 +64,7 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
                                    fixture or checks.CaptionerFixture(coco))  # 3. draw
         runnable = {u for u in UNITS if u not in excluded}
         reports, not_graded, diagnostics = run_units(runnable, cells, tests, device,
-                                                     allow_unsandboxed, workers)  # 4. isolate, run
+                                                     allow_unsandboxed, started)  # 4. isolate, run
     if not_graded:
         return GradeResult([TestResult(t.unit, t.name, 0, t.points, "NOT GRADED") for t in tests],
                            notes + [f"NOT GRADED: {not_graded}"], mode, device, NOT_GRADED, diagnostics)
@@ -152,7 +152,7 @@ def screen(cells: dict[str, str]) -> dict[str, str]:
 
 
 def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: bool,
-              started: Workers | None) -> tuple[dict, str, dict]:
+              started: SubmissionSandbox | None) -> tuple[dict, str, dict]:
     """Run every runnable unit in the submission's sandbox, group after group: ({unit:
     UnitReport}, why the submission cannot be graded or "", instructor-only diagnostics).
 
@@ -168,7 +168,8 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
         waiting = [u for units in pending.values() for u in units]
         if not waiting:
             return reports, "", diagnostics
-        with started or Workers(allow_unsandboxed, groups=[g for g, units in pending.items() if units]) as box:
+        groups = [group for group, units in pending.items() if units]
+        with started or SubmissionSandbox(allow_unsandboxed, groups=groups) as box:
             for group, units in pending.items():
                 if units:
                     box.send(group, jobs.job_blob(units, cells, tests, device, runnable), jobs.service_for(units))

@@ -2,7 +2,7 @@
 
     python -m autograder.gradescope --out dist/gradescope_autograder.zip [--sandbox bwrap|unsandboxed]
 
-The zip holds, at its root, setup.sh and run_autograder (from autograder/gradescope/), the
+The zip holds, at its root, setup.sh and run_autograder (from autograder/gradescope_template/), the
 grader, the hidden reference, points, the instructor's secret (so that Gradescope gives the
 same scores as local grading), the pinned requirements and data/coco.pt. Gradescope unpacks
 it into /autograder/source; run_autograder reads /autograder/submission/ and writes
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from autograder import DATA_FILE, REPO_ROOT, batch, checks, grade, write_atomically
 
-TEMPLATES = Path(__file__).resolve().parent / "gradescope"
+TEMPLATES = Path(__file__).resolve().parent / "gradescope_template"
 # The grader as the batch's cache key sees it (every *.py and *.toml of autograder/ and
 # solution/: one list, batch.grader_files), and the pinned requirements.
 SOURCE_FILES = batch.grader_files() + ["requirements.txt", "requirements.lock"]

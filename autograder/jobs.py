@@ -9,9 +9,9 @@ job holds reference code, expected values or the secret.
 import ast
 
 from autograder import forbidden, wire
-from autograder import workers as worker_groups
+from autograder import submission_sandbox
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
-from autograder.workers import SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS
+from autograder.submission_sandbox import SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS
 from solution import source as reference_source
 
 
@@ -52,10 +52,10 @@ def unit_code(unit: str, cells: dict[str, str], runnable: set[str], preamble: st
 
 def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str]) -> bytes:
     """Everything one worker group needs (runnable: the units whose cells may run)."""
-    description = {"device": device, "unit_seconds": worker_groups.UNIT_SECONDS,
-                   "unit_cpu_seconds": worker_groups.UNIT_CPU_SECONDS,
-                   "unit_wall_seconds": worker_groups.UNIT_WALL_SECONDS,
-                   "cuda_memory_fraction": worker_groups.CUDA_MEMORY_FRACTION, "units": []}
+    description = {"device": device, "unit_seconds": submission_sandbox.UNIT_SECONDS,
+                   "unit_cpu_seconds": submission_sandbox.UNIT_CPU_SECONDS,
+                   "unit_wall_seconds": submission_sandbox.UNIT_WALL_SECONDS,
+                   "cuda_memory_fraction": submission_sandbox.CUDA_MEMORY_FRACTION, "units": []}
     inputs, preamble = {}, _preamble()
     for unit in units:
         unit_tests = [t for t in tests if t.unit == unit]

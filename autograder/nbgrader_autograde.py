@@ -45,13 +45,12 @@ from pathlib import Path
 import nbformat
 from traitlets import Bool, Unicode
 
-from autograder import DATA_FILE, REPO_ROOT, write_atomically
-from autograder.submission import (NOTEBOOK_NAME, SubmissionError, cell_grade_id, read_notebook,
+from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, SOURCE_NOTEBOOK, write_atomically
+from autograder.submission import (SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
 
 # The grader (batch, grade) is imported where it is used: it imports torch, which nbgrader's
 # other commands (export, generate_feedback, generate_assignment) load this file without.
-ASSIGNMENT = "rnn_captioning"
 GRADE_CELL_SUFFIX = "_autograded"
 NBGRADER_INPUT = "nbgrader_input"  # under the course's grader_results/
 RESULTS_DIR = "grader_results"  # batch.RESULTS_DIR
@@ -223,7 +222,7 @@ class KitCsvExport(CsvExportPlugin):
 def source_notebook(course_dir: Path) -> nbformat.NotebookNode:
     """The assignment's nbgrader source notebook: the course's, else the kit's."""
     for path in (Path(course_dir) / "source" / ASSIGNMENT / NOTEBOOK_NAME,
-                 REPO_ROOT / "assignment" / "source" / ASSIGNMENT / NOTEBOOK_NAME):
+                 SOURCE_NOTEBOOK):
         if path.is_file():
             return nbformat.read(path, as_version=4)
     raise FileNotFoundError(f"no nbgrader source notebook in {course_dir}/source/{ASSIGNMENT}/")

@@ -95,14 +95,15 @@ os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS
 
 @dataclass(frozen=True)
 class Limits:
-    """What one worker run may use."""
+    """What one worker run may use; the defaults are a grading sandbox's (submission_sandbox.py sets
+    its wall clock from the units it runs)."""
 
     wall_seconds: float = 120.0  # whole run; then everything the worker started is killed
-    cpu_seconds: int = 120  # RLIMIT_CPU, per process
-    memory_bytes: int = 6 << 30  # RLIMIT_DATA per process, and the memory cgroup's limit
+    cpu_seconds: int = 900  # RLIMIT_CPU, per process (a unit's own limit is far lower)
+    memory_bytes: int = 3 << 30  # RLIMIT_DATA per process, and the memory cgroup's limit
     max_processes: int = 64  # tasks (processes and threads!) of the worker: pids.max
     file_size_bytes: int = 64 << 20  # RLIMIT_FSIZE: the largest file the worker can write
-    output_bytes: int = 1 << 20  # stdout + stderr kept; the run is killed at 16 times this
+    output_bytes: int = 64 << 10  # stdout + stderr kept; the run is killed at 16 times this
     tmp_bytes: int = 256 << 20  # size of the sandbox's private /tmp and /dev/shm (tmpfs)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autograder import checks, wire
-from autograder import workers as worker_groups
+from autograder import submission_sandbox
 
 MAX_OUTPUT_BYTES = 256 << 20  # unpacked size of all of one unit's outputs
 MAX_FRAMES = 16  # a unit reports once per test (at most 6) and once more when its cell fails
@@ -67,7 +67,7 @@ class UnitReport:
 def parse_report(ended: dict, sent: bytes) -> UnitReport:
     """The frames a unit sent, one per test (untrusted: malformed parts are dropped)."""
     report, unpacked = UnitReport(ended), 0
-    for header, payload in wire.split_frames(sent, worker_groups.MAX_UNIT_REPORT_BYTES)[:MAX_FRAMES]:
+    for header, payload in wire.split_frames(sent, submission_sandbox.MAX_UNIT_REPORT_BYTES)[:MAX_FRAMES]:
         errors, violations = header.get("errors"), header.get("violations")
         report.errors += [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
         if isinstance(violations, list):
@@ -128,9 +128,9 @@ def _lost_reason(unit: str, report: UnitReport, budget: StudentText) -> str:
     if report.lost:
         return report.lost
     if how == "timeout":
-        return f"stopped after the time limit of {worker_groups.UNIT_SECONDS} s (an endless loop?)"
+        return f"stopped after the time limit of {submission_sandbox.UNIT_SECONDS} s (an endless loop?)"
     if how == "cpu" or (how == "killed" and ended.get("signal") == 24):  # SIGXCPU
-        return f"stopped after {worker_groups.UNIT_CPU_SECONDS} s of CPU time (the limit)"
+        return f"stopped after {submission_sandbox.UNIT_CPU_SECONDS} s of CPU time (the limit)"
     if how == "killed":
         return f"your code was killed (signal {budget(ended.get('signal'))}; out of memory?)"
     if how == "not started":

@@ -3,7 +3,7 @@
     python worker.py --results FD --group JOB_FD[:REQUEST_FD,REPLY_FD] [--group ...]
                      [--preload MODULE]... [--own-pid-namespace]
 
-One sandbox grades one submission; its groups (see workers.py) run one after the other, in
+One sandbox grades one submission; its groups (see submission_sandbox.py) run one after the other, in
 the order of the --group arguments. This process imports torch, makes itself non-dumpable,
 and for each group in turn reads its job (job.json and the hidden inputs, one .npz) from the
 group's job pipe, never before every unit of the earlier groups has ended. It runs each unit

@@ -55,3 +55,11 @@ def test_the_grader_refuses_an_undeclared_test_before_grading(tmp_path, monkeypa
                      "--results", str(tmp_path / "r.json"), "--data", str(COCO_PT)])
     assert code == 2 and "no @graded_test for LSTM.backward" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_makefile_names_the_assignment_as_the_grader_does():
+    """The Makefile cannot import the grader's ASSIGNMENT: it restates it, checked here."""
+    import re
+    from autograder import ASSIGNMENT, REPO_ROOT
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert re.search(r"^ASSIGNMENT\s*:=\s*(\S+)$", makefile, re.M).group(1) == ASSIGNMENT

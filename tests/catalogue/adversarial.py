@@ -50,7 +50,7 @@ class Submission:
     id: str
     attacks: tuple
     omit: tuple = ()  # units whose cell is removed (graded 0: "no solution cell")
-    unit_timeout: int | None = None  # workers.UNIT_SECONDS for this grading
+    unit_timeout: int | None = None  # submission_sandbox.UNIT_SECONDS for this grading
     outputs_mb: int = 0  # junk outputs added to the notebook's code cells (ignored by the grader)
     seconds: int = 240  # the grading must return within this (no hang)
     # The attack may end the grading of the submission's other units too (never score them):

@@ -48,7 +48,6 @@ UNIT_CPU_SECONDS = 30
 # Past this wall-clock time the machine is too busy to judge the unit: not the student's.
 UNIT_WALL_SECONDS = 600
 STARTUP_SECONDS = 300  # a sandbox's start (importing torch) on a loaded machine
-SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, output_bytes=64 << 10)
 # Of the GPU's memory, for each unit's process under --device cuda (one at a time per
 # submission): set before student code runs, so that JOBS submissions graded side by side
 # cannot starve each other. The caching allocator enforces it in the unit's own process (which could raise it
@@ -106,7 +105,7 @@ class SandboxOutcome:
                 "missing_defences": [] if run is None else run.missing_defences}
 
 
-class Workers:
+class SubmissionSandbox:
     """The sandbox of one submission, started at once: it runs the given groups in the
     order of WORKER_GROUPS, each once ``send`` has given it its job."""
 
@@ -122,8 +121,7 @@ class Workers:
         if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
             argv.append("--own-pid-namespace")
         units = sum(len(GROUP_UNITS[g]) for g in self.groups)
-        limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60),
-                                **SANDBOX_LIMITS)
+        limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60))
         files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
 
         def run():
@@ -191,7 +189,7 @@ class Workers:
 
     close = wait
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> "SubmissionSandbox":
         return self
 
     def __exit__(self, *exc_info) -> bool:
