@@ -31,20 +31,26 @@ _CELL_MARKER = re.compile(r"^# %%(?: \[(?P<kind>\w+)\](?P<args>.*))?$")
 _PLACEHOLDER = re.compile(r"^(?P<indent>\s*)expected_(?P<name>\w+) = EXPECTED$", re.MULTILINE)
 
 
-def parse_cells(text: str) -> list[tuple[str, list[str], str]]:
-    """Split the text source into (kind, args, body) cells; the header before the first
-    marker is dropped. kind is "code", "markdown", "imports", "provided" or "unit"."""
-    cells, current = [], None
-    for line in text.splitlines():
-        match = _CELL_MARKER.match(line)
+def source_blocks(text: str) -> list[tuple[str, list[str], str]]:
+    """The text source as (kind, args, block) in order, block being the cell's text with its
+    marker line, so that joining the blocks gives the text back. The first block, kind
+    "header", is what precedes the first marker; then kind is "code", "markdown",
+    "imports", "provided" or "unit"."""
+    blocks = [("header", [], [])]
+    for line in text.splitlines(keepends=True):
+        match = _CELL_MARKER.match(line.rstrip("\r\n"))
         if match:
-            current = (match.group("kind") or "code", (match.group("args") or "").split(), [])
-            cells.append(current)
-        elif current is not None:
-            current[2].append(line)
+            blocks.append((match.group("kind") or "code", (match.group("args") or "").split(), []))
+        blocks[-1][2].append(line)
+    return [(kind, args, "".join(lines)) for kind, args, lines in blocks]
+
+
+def parse_cells(text: str) -> list[tuple[str, list[str], str]]:
+    """The text source's cells as (kind, args, body), the header dropped; a markdown body
+    loses its comment marks."""
     result = []
-    for kind, args, lines in cells:
-        body = "\n".join(lines).strip("\n")
+    for kind, args, block in source_blocks(text)[1:]:
+        body = "\n".join(block.splitlines()[1:]).strip("\n")
         if kind == "markdown":
             body = "\n".join(re.sub(r"^# ?", "", line) for line in body.splitlines())
         result.append((kind, args, body))
@@ -181,11 +187,8 @@ def fill_expected(text: str) -> str:
 
     helpers.check_close = helpers.check_equal = record
     out_cells = []
-    for block in re.split(r"(?m)^(?=# %%)", text):
-        match = _CELL_MARKER.match(block.splitlines()[0]) if block.startswith("# %%") else None
-        kind = (match.group("kind") or "code") if match else "header"
-        args = (match.group("args") or "").split() if match else []
-        body = block.split("\n", 1)[1] if match else block
+    for kind, args, block in source_blocks(text):
+        body = block.split("\n", 1)[1] if kind != "header" and "\n" in block else ""
         if kind == "imports":
             exec(imports + "\n" + "\n".join(line for line in body.splitlines() if not line.startswith("%")), namespace)
             namespace.update(check_close=record, check_equal=record)
