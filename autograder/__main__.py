@@ -22,7 +22,6 @@ batch exits 3 when any submission is NOT GRADED (it lists them), else as grade d
 """
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -61,6 +60,8 @@ def main(argv=None) -> int:
     classroom_cmd.add_argument("results", type=Path)
     args = parser.parse_args(argv)
     if args.command == "classroom":
+        from autograder.reports import classroom_payload
+
         print(classroom_payload(json.loads(args.results.read_text())))
         return 0
     if not args.data.is_file():
@@ -161,16 +162,6 @@ def _report(result, results_path: Path) -> int:
     print(text)
     print(f"results written to {results_path}")
     return 0
-
-
-def classroom_payload(results: dict) -> str:
-    """GitHub Classroom's grading reporter reads a runner's result as base64-encoded JSON."""
-    tests = [{"name": t["name"], "status": "pass" if t["score"] == t["max_score"] else "fail",
-              "score": t["score"], "message": t["output"], "test_code": "", "filename": "",
-              "line_no": 0, "execution_time": ""} for t in results["tests"]]
-    payload = {"version": 1, "max_score": results["max_score"], "tests": tests,
-               "status": "pass" if results["score"] == results["max_score"] else "fail"}
-    return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
 def run_batch(args) -> int:

@@ -71,7 +71,9 @@ class Case:
 
 
 @dataclass
-class Test:
+class HiddenTest:
+    """A graded test (graded_tests.py) with its hidden cases drawn and the reference's outputs."""
+
     unit: str
     name: str
     points: int
@@ -277,7 +279,7 @@ def numeric_gradients(numeric: graded_tests.Numeric, inputs: dict) -> dict[str, 
     return grads
 
 
-def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture) -> Test:
+def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture) -> HiddenTest:
     """One test of points.toml: its hidden cases, with the reference's outputs on them."""
     drawn, shared = declared.cases(Draw(test_seed(seed, declared.unit, declared.name)), fixture)
     cases = []
@@ -288,10 +290,10 @@ def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixtur
         if declared.numeric is not None:
             case.numeric = numeric_gradients(declared.numeric, inputs)
         cases.append(case)
-    return Test(declared.unit, declared.name, points, cases, shared, declared.tolerance)
+    return HiddenTest(declared.unit, declared.name, points, cases, shared, declared.tolerance)
 
 
-def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[Test]:
+def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[HiddenTest]:
     """Every test of points.toml, in its order, with its hidden cases and the reference's outputs."""
     fixture = fixture or CaptionerFixture(coco)
     return [build_test(graded_tests.GRADED_TESTS[(unit, name)], points, seed, fixture)

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from autograder import checks, forbidden, graded_tests, jobs, sandbox
-from autograder.scoring import (NOT_GRADED, GradeResult, StudentText, TestResult, UnitReport, clean_text,
-                                parse_report, score_unit)
+from autograder.reports import NOT_GRADED, GradeResult, TestResult, clean_text
+from autograder.scoring import StudentText, UnitReport, parse_report, score_unit
 from autograder.submission import SubmissionError, read_solution_cells
 from autograder.submission_sandbox import STUDENT_DEPENDENCIES, UNITS, WORKER_GROUPS, SubmissionSandbox
 from solution import source as reference_source

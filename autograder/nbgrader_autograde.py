@@ -46,6 +46,7 @@ import nbformat
 from traitlets import Bool, Unicode
 
 from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, SOURCE_NOTEBOOK, write_atomically
+from autograder.reports import not_graded_text, unit_feedback
 from autograder.submission import (SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
 
@@ -62,25 +63,6 @@ try:  # nbgrader is a dependency of the kit, but the grader itself does not need
     from nbgrader.preprocessors import NbGraderPreprocessor
 except ImportError:  # pragma: no cover
     NbGraderPreprocessor = CsvExportPlugin = object
-
-
-def not_graded_text(result) -> str:
-    from autograder import batch
-
-    return (f"NOT GRADED: {batch.not_graded_reason(result).removeprefix('NOT GRADED: ')}\n"
-            "No score was recorded: the grader failed for a reason that is not your code. "
-            "Your instructor will grade this submission again.\n")
-
-
-def unit_feedback(result, unit: str) -> tuple[str, int]:
-    """(the lines shown in a unit's grade cell, the unit's score)."""
-    from autograder import batch
-
-    if batch.is_not_graded(result):
-        return not_graded_text(result), 0
-    tests = [t for t in result.tests if t.unit == unit]
-    lines = [f"{t.test}: {t.score}/{t.max_score}" + (f" - {t.reason}" if t.reason else "") for t in tests]
-    return "\n".join(lines) + "\n", sum(t.score for t in tests)
 
 
 class KitGrader(NbGraderPreprocessor):

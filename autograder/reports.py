@@ -1,15 +1,65 @@
-"""What a grading produces, in each format that reads it: results.json (Gradescope's
-schema, also read by GitHub Classroom and nbgrader's plug-in) and the terminal's table.
+"""A grading's result (GradeResult) and the formats that read it: results.json (Gradescope's
+schema), the terminal's table, GitHub Classroom's payload and the text of nbgrader's grade
+cells. (The class's CSV is batch.write_class_csv.)
 
-Every field that a submission could influence is cleaned (scoring.clean_text) again here,
-so that no message can move a terminal's cursor or rewrite another row.
+Every field that a submission could influence is cleaned (clean_text) again on its way
+out, so that no message can move a terminal's cursor or rewrite another row. This module
+imports no torch: nbgrader's commands load it.
 """
 
+import base64
 import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import write_atomically
-from autograder.scoring import NOT_GRADED, GradeResult, clean_text
+
+
+@dataclass
+class TestResult:
+    unit: str
+    test: str
+    score: int
+    max_score: int
+    reason: str = ""  # why points were lost; empty when none were
+
+
+@dataclass
+class GradeResult:
+    tests: list[TestResult]
+    notes: list[str] = field(default_factory=list)
+    mode: str = ""  # sandbox mode: "bwrap" or "unsandboxed"
+    device: str = "cpu"
+    # "graded", or NOT_GRADED when a failure the student did not cause persisted (the
+    # sandbox died with no unit to blame, twice): such a result is never a score.
+    status: str = "graded"
+    diagnostics: dict = field(default_factory=dict)  # instructor-only (extra_data, --debug)
+
+    @property
+    def score(self) -> int:
+        return sum(t.score for t in self.tests)
+
+    @property
+    def max_score(self) -> int:
+        return sum(t.max_score for t in self.tests)
+
+
+NOT_GRADED = "not graded"
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+MAX_REASON_CHARS = 240
+
+
+def clean_text(text, limit: int = MAX_REASON_CHARS) -> str:
+    """Text made safe to show: one line, no control or format characters (escape
+    sequences, carriage returns, bidirectional overrides), no memory addresses (which would
+    change from run to run), at most limit characters."""
+    text = _ADDRESS.sub("0x...", str(text))
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    return text[:limit]
 
 
 def results_json(result: GradeResult) -> dict:
@@ -49,3 +99,32 @@ def table(result: GradeResult) -> str:
     lines.append(f"{'total':<24} {'':<14} {total}  (sandbox: {result.mode}, device: {result.device})")
     lines += [f"note: {clean_text(n, 400)}" for n in result.notes]
     return "\n".join(lines)
+
+
+def classroom_payload(results: dict) -> str:
+    """GitHub Classroom's grading reporter reads a runner's result as base64-encoded JSON."""
+    tests = [{"name": t["name"], "status": "pass" if t["score"] == t["max_score"] else "fail",
+              "score": t["score"], "message": t["output"], "test_code": "", "filename": "",
+              "line_no": 0, "execution_time": ""} for t in results["tests"]]
+    payload = {"version": 1, "max_score": results["max_score"], "tests": tests,
+               "status": "pass" if results["score"] == results["max_score"] else "fail"}
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+def not_graded_text(result) -> str:
+    from autograder import batch
+
+    return (f"NOT GRADED: {batch.not_graded_reason(result).removeprefix('NOT GRADED: ')}\n"
+            "No score was recorded: the grader failed for a reason that is not your code. "
+            "Your instructor will grade this submission again.\n")
+
+
+def unit_feedback(result, unit: str) -> tuple[str, int]:
+    """(the lines shown in a unit's grade cell, the unit's score)."""
+    from autograder import batch
+
+    if batch.is_not_graded(result):
+        return not_graded_text(result), 0
+    tests = [t for t in result.tests if t.unit == unit]
+    lines = [f"{t.test}: {t.score}/{t.max_score}" + (f" - {t.reason}" if t.reason else "") for t in tests]
+    return "\n".join(lines) + "\n", sum(t.score for t in tests)

@@ -7,50 +7,16 @@ submission's own messages put into the results is cleaned and bounded (StudentTe
 """
 
 import io
-import re
-import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from autograder import checks, wire
-from autograder import submission_sandbox
+from autograder import checks, submission_sandbox, wire
+from autograder.reports import TestResult, clean_text
 
 MAX_OUTPUT_BYTES = 256 << 20  # unpacked size of all of one unit's outputs
 MAX_FRAMES = 16  # a unit reports once per test (at most 6) and once more when its cell fails
-
-
-@dataclass
-class TestResult:
-    unit: str
-    test: str
-    score: int
-    max_score: int
-    reason: str = ""  # why points were lost; empty when none were
-
-
-@dataclass
-class GradeResult:
-    tests: list[TestResult]
-    notes: list[str] = field(default_factory=list)
-    mode: str = ""  # sandbox mode: "bwrap" or "unsandboxed"
-    device: str = "cpu"
-    # "graded", or NOT_GRADED when a failure the student did not cause persisted (the
-    # sandbox died with no unit to blame, twice): such a result is never a score.
-    status: str = "graded"
-    diagnostics: dict = field(default_factory=dict)  # instructor-only (extra_data, --debug)
-
-    @property
-    def score(self) -> int:
-        return sum(t.score for t in self.tests)
-
-    @property
-    def max_score(self) -> int:
-        return sum(t.max_score for t in self.tests)
-
-
-NOT_GRADED = "not graded"
 
 
 @dataclass
@@ -91,22 +57,10 @@ def read_outputs(data: bytes, limit: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
         return {}
 
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
-MAX_REASON_CHARS = 240
 # What a submission's own messages (its exceptions) may put into its results, in all: a
 # few lines of feedback per test, not a channel wide enough to carry a file out.
 STUDENT_TEXT_PER_TEST = 160
 STUDENT_TEXT_PER_SUBMISSION = 4000
-
-
-def clean_text(text, limit: int = MAX_REASON_CHARS) -> str:
-    """Text made safe to show: one line, no control or format characters (escape
-    sequences, carriage returns, bidirectional overrides), no memory addresses (which would
-    change from run to run), at most limit characters."""
-    text = _ADDRESS.sub("0x...", str(text))
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
-    return text[:limit]
-
 
 
 class StudentText:

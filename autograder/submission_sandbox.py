@@ -124,7 +124,7 @@ class SubmissionSandbox:
         limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60))
         files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
 
-        def run():
+        def run_sandbox():
             try:
                 self.outcome.sandbox = sandbox.run_worker(
                     argv, readonly_files=files, limits=limits, allow_unsandboxed=allow_unsandboxed,
@@ -134,7 +134,7 @@ class SubmissionSandbox:
 
         # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
         # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
-        self._threads = [threading.Thread(target=run, name="sandbox", daemon=True),
+        self._threads = [threading.Thread(target=run_sandbox, name="sandbox", daemon=True),
                          threading.Thread(target=self._read_reports, name="reports", daemon=True)]
         self._served_threads = []
         for thread in self._threads:
