@@ -85,6 +85,13 @@ def unit_points(path: Path | None = None) -> dict[str, int]:
     return {unit: sum(tests.values()) for unit, tests in points.items()}
 
 
+def _tests_of(unit: str) -> str:
+    """The unit's tests and their points, as a grade cell lists them: "forward (4), ..."."""
+    with open(POINTS_FILE, "rb") as f:  # already checked by unit_points
+        tests = tomllib.load(f)[unit]
+    return ", ".join(f"{test.replace('_', ' ')} ({points})" for test, points in tests.items())
+
+
 def _nbgrader(grade_id: str, *, solution=False, grade=False, locked=False, points=None) -> dict:
     meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3,
             "solution": solution, "task": False}
@@ -109,7 +116,7 @@ def build_notebook(text: str | None = None) -> nbformat.NotebookNode:
         if kind == "markdown":
             cells.append(nbformat.v4.new_markdown_cell(body))
         elif kind == "code":
-            cells.append(nbformat.v4.new_code_cell(body))
+            cells.append(nbformat.v4.new_code_cell(body.replace("UNIT_POINTS", repr(points))))
         elif kind == "imports":
             cells.append(nbformat.v4.new_code_cell(f"{imports}\n{body}"))
         elif kind == "provided":
@@ -121,8 +128,9 @@ def build_notebook(text: str | None = None) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_code_cell(
                 reference.unit_source(unit), metadata=_nbgrader(unit, solution=True)))
             cells.append(nbformat.v4.new_code_cell(
-                f"# Autograded: {unit} earns up to {points[unit]} points, tested on hidden inputs by\n"
-                "# the course's grader. This cell does nothing; leave it as it is.",
+                f"# Autograded: {unit} earns up to {points[unit]} points from the course's grader, which\n"
+                f"# runs its tests on hidden inputs: {_tests_of(unit)}.\n"
+                "# This cell does nothing; leave it as it is.",
                 metadata=_nbgrader(f"{unit}_autograded", grade=True, locked=True, points=points[unit])))
         else:
             raise ValueError(f"unknown cell kind [{kind}]")
