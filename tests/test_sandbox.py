@@ -72,21 +72,19 @@ def test_normal_worker_imports_torch_and_writes_npz(tmp_path):
 
 
 @needs_bwrap
-def test_overhead_of_the_sandbox_is_small(tmp_path):
-    """``import torch`` both ways; the figures are printed (pytest -s) for the record."""
+def test_torch_imports_in_the_sandbox(tmp_path):
+    """``import torch`` both ways. The times are printed (pytest -s), not asserted: a busy
+    machine changes them, and the sandbox's cost is a benchmark's figure (BENCHMARKS.md,
+    `make bench-grading`), not a verdict."""
     timings = {}
     for code in ("pass", "import torch"):
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
         plain = time.monotonic() - started
         result = run_worker(["-c", code], workdir=tmp_path, readonly_dirs=[])
-        assert result.returncode == 0, result.stderr
-        timings[code] = (plain, result.wall_seconds)
-    print({code: f"plain {p:.3f} s, sandboxed {s:.3f} s" for code, (p, s) in timings.items()})
-    plain, boxed = timings["pass"]
-    assert boxed - plain < 0.5
-    plain, boxed = timings["import torch"]
-    assert boxed < 1.5 * plain + 1.0
+        assert result.returncode == 0 and result.killed_reason is None, result.stderr
+        timings[code] = f"plain {plain:.3f} s, sandboxed {result.wall_seconds:.3f} s"
+    print(timings)
 
 
 # --- what the worker can see and reach -------------------------------------------------------
