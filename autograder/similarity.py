@@ -36,15 +36,19 @@ import bisect
 import builtins
 import csv
 import dataclasses
+import functools
 import hashlib
+import heapq
 import html
 import io
 import itertools
 import keyword
+import multiprocessing
 import os
 import re
 import statistics
 import tokenize
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from autograder.submission import SubmissionError, cell_grade_id, cell_source, read_notebook, read_solution_cells
@@ -81,7 +85,8 @@ class Code:
     symbols: str = ""  # one character per normalised token, in canonical order
     spans: list = dataclasses.field(default_factory=list)  # (start, end) in text of each token
     positions: dict = dataclasses.field(default_factory=dict)  # own fingerprint -> token positions
-    masks: dict = dataclasses.field(default_factory=dict)  # own fingerprint -> window_mask of its positions
+    masks: dict = dataclasses.field(default_factory=dict)  # own fingerprint -> its own tokens (window_mask)
+    handed_out: int = 0  # the tokens inside a k-gram of the scaffold (window_mask)
     covered: int = 0  # tokens that its own fingerprints (the scaffold's taken out) cover
 
 
@@ -107,6 +112,8 @@ _SIMPLE_STATEMENTS = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)
 MUTATING_METHODS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "add",
                     "discard", "setdefault", "sort", "reverse", "backward", "register_buffer",
                     "register_parameter", "add_module"}
+SYMBOLS_FROM, SYMBOLS = 0x10000, 0x100000  # code points above the surrogates: all characters
+STUDENTS_PER_PROCESS = 40  # fewer students are read in this process (a pool costs more)
 MAX_REORDERED_RUN = 64  # statements put in canonical order at once (the order costs n^2)
 
 
@@ -180,7 +187,7 @@ def bare_string_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def normalise(text: str, alphabet: "Alphabet") -> Code:
+def normalise(text: str) -> Code:
     """text as a Code: tokens normalised, bare strings dropped, independent statements in
     canonical order, one character per token."""
     tree = parsed(text)
@@ -192,7 +199,7 @@ def normalise(text: str, alphabet: "Alphabet") -> Code:
         previous = string
     if tree:
         tokens = in_canonical_order(tokens, tree)
-    return Code(text, "".join(alphabet.symbol(t[0]) for t in tokens), [(t[1], t[2]) for t in tokens])
+    return Code(text, "".join(symbol(t[0]) for t in tokens), [(t[1], t[2]) for t in tokens])
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,24 +286,13 @@ def in_canonical_order(tokens: list, tree: ast.Module) -> list:
     return tokens
 
 
-class Alphabet:
-    """One character per distinct normalised token, shared by every document of a run, so
-    that copydetect's character k-grams are k-grams of tokens."""
-
-    FIRST = 0x10000  # above the surrogates: every code point from here on is a character
-    SIZE = 0x100000
-
-    def __init__(self):
-        self.codes: dict[str, str] = {}
-
-    def symbol(self, token: str) -> str:
-        """The character of token (a hostile file with a million distinct numbers shares
-        characters past SIZE: a few false matches, never a failure)."""
-        code = self.codes.get(token)
-        if code is None:
-            code = chr(self.FIRST + len(self.codes) % self.SIZE)
-            self.codes[token] = code
-        return code
+@functools.lru_cache(maxsize=1 << 16)
+def symbol(token: str) -> str:
+    """The character that stands for a normalised token, so that copydetect's character
+    k-grams are k-grams of tokens. Chosen by a stable hash, the same in every process and
+    run (the class is read by several processes); two tokens of a million-character space
+    that share a character make a few false matches at worst."""
+    return chr(SYMBOLS_FROM + stable_hash(token) % SYMBOLS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,9 +315,10 @@ def kgram_hashes(symbols: str):
     return np.array([stable_hash(symbols[i:i + K]) for i in range(len(symbols) - K + 1)], dtype=np.int64)
 
 
-def covered_tokens(starts) -> int:
-    """How many tokens the k-grams starting at these positions cover together."""
-    return window_mask(starts).bit_count()
+def covered_tokens(code: "Code", starts) -> int:
+    """How many of code's own tokens (not handed out) the k-grams starting at these
+    positions cover together."""
+    return (window_mask(starts) & ~code.handed_out).bit_count()
 
 
 def window_mask(starts) -> int:
@@ -334,18 +331,21 @@ def window_mask(starts) -> int:
 
 
 def fingerprinted(code: Code, scaffold: set) -> Code:
-    """code with its fingerprints (copydetect's robust winnowing of its k-gram hashes), the
-    scaffold's taken out, and the number of tokens they cover."""
+    """code with its fingerprints (copydetect's robust winnowing of its k-gram hashes), those
+    of the scaffold taken out, and the tokens of its own that they cover: a token inside any
+    k-gram of the scaffold was handed out, even where a fingerprint also covers it."""
     from copydetect.utils import winnow
 
-    selected, starts = winnow(kgram_hashes(code.symbols), WINDOW, remove_duplicates=False)
+    hashes = kgram_hashes(code.symbols)
+    code.handed_out = window_mask(i for i, value in enumerate(hashes.tolist()) if value in scaffold)
+    selected, starts = winnow(hashes, WINDOW, remove_duplicates=False)
     positions: dict[int, list[int]] = {}
     for value, start in zip(selected.tolist(), starts.tolist()):
         if value not in scaffold:
             positions.setdefault(value, []).append(start)
     code.positions = positions
-    code.masks = {value: window_mask(found) for value, found in positions.items()}
-    code.covered = covered_tokens(start for found in positions.values() for start in found)
+    code.masks = {value: window_mask(found) & ~code.handed_out for value, found in positions.items()}
+    code.covered = covered_tokens(code, [start for found in positions.values() for start in found])
     return code
 
 
@@ -369,14 +369,15 @@ def shared_tokens(a: "Code", b: "Code") -> tuple[int, int]:
 
 def shared_regions(code: "Code", starts: list[int]) -> list[tuple[int, int]]:
     """The (start, end) offsets in code.text of the tokens that the shared fingerprints
-    cover (copydetect's slices, mapped back through the canonical order), merged where
-    only whitespace separates them."""
+    cover (copydetect's slices, mapped back through the canonical order; handed-out tokens
+    left unmarked), merged where only whitespace separates them."""
     from copydetect.utils import get_copied_slices
 
     import numpy as np
 
     slices = get_copied_slices(np.array(sorted(starts), dtype=np.int64), K)
-    spans = sorted(code.spans[i] for first, last in zip(*slices.tolist()) for i in range(int(first), int(last)))
+    spans = sorted(code.spans[i] for first, last in zip(*slices.tolist()) for i in range(int(first), int(last))
+                   if not code.handed_out >> i & 1)
     merged: list[list[int]] = []
     for start, end in spans:
         if merged and not code.text[merged[-1][1]:start].strip():
@@ -407,22 +408,21 @@ class Pair:
     shared: dict = dataclasses.field(default_factory=dict)  # unit -> overlap tokens of (a, b)
 
 
-def scaffolds(alphabet: Alphabet) -> dict[str, set]:
+def scaffolds() -> dict[str, set]:
     """unit -> every fingerprint of what was handed out for it (the released stub: its
     signature, docstring, provided lines and ``raise NotImplementedError()``)."""
-    return {unit: set(kgram_hashes(normalise(reference.strip_solutions(reference.unit_source(unit)),
-                                             alphabet).symbols).tolist())
+    return {unit: set(kgram_hashes(normalise(reference.strip_solutions(reference.unit_source(unit))).symbols).tolist())
             for unit in UNITS}
 
 
-def read_student(name: str, notebook: Path | None, note: str, alphabet: Alphabet, handed_out: dict) -> Student:
+def read_student(name: str, notebook: Path | None, note: str, handed_out: dict) -> Student:
     """One submission's graded cells (the grader's rule), normalised and fingerprinted; a
     submission that cannot be read is a Student with the reason, never an exception."""
     if notebook is None:
         return Student(name, {}, note or "nothing submitted")
     try:
         cells, notes = read_solution_cells(notebook, UNITS)
-        units = {unit: fingerprinted(normalise(cells[unit], alphabet), handed_out[unit]) for unit in cells}
+        units = {unit: fingerprinted(normalise(cells[unit]), handed_out[unit]) for unit in cells}
     except SubmissionError as exc:
         return Student(name, {}, f"could not be read: {exc}")
     except Exception as exc:  # hostile or broken input that got past the reader: this row only
@@ -511,14 +511,14 @@ def corpus_units(path: Path) -> dict[str, str]:
     return units
 
 
-def read_corpus(folder: Path, alphabet: Alphabet, handed_out: dict) -> tuple[list[Student], list[str]]:
+def read_corpus(folder: Path, handed_out: dict) -> tuple[list[Student], list[str]]:
     """Each corpus file as a Student named by its path; and the files that could not be read."""
     sources, problems = [], []
     for path in corpus_files(folder):
         name = path.relative_to(folder).as_posix()
         try:
             units = corpus_units(path)
-            sources.append(Student(name, {unit: fingerprinted(normalise(code, alphabet), handed_out[unit])
+            sources.append(Student(name, {unit: fingerprinted(normalise(code), handed_out[unit])
                                           for unit, code in units.items()}))
         except (SubmissionError, OSError, UnicodeError, ValueError) as exc:
             problems.append(f"{name}: could not be read ({str(exc)[:200] or type(exc).__name__})")
@@ -549,12 +549,28 @@ def all_matches(students: list[Student], sources: list[Student]) -> list[Match]:
 # ---------------------------------------------------------------------------------------
 
 
-def read_class(course_dir: Path, alphabet: Alphabet, handed_out: dict) -> list[Student]:
-    """Every student folder of submitted/, with the notebook the grader would grade."""
+def read_class(course_dir: Path, handed_out: dict) -> list[Student]:
+    """Every student folder of submitted/, with the notebook the grader would grade, read
+    by as many processes as there are cores (tokenising is most of the time)."""
     from autograder.batch import find_submissions  # the grader's rule for which file counts
 
-    return [read_student(sub.student, sub.notebook, sub.note, alphabet, handed_out)
-            for sub in find_submissions(course_dir)]
+    jobs = [(sub.student, sub.notebook, sub.note) for sub in find_submissions(course_dir)]
+    processes = min(os.cpu_count() or 1, len(jobs) // STUDENTS_PER_PROCESS)
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [read_student(*job, handed_out) for job in jobs]
+    _read_state["handed_out"] = handed_out  # inherited by the forked processes, not pickled
+    # fork: the children have the modules loaded already (spawn would import them again,
+    # matplotlib with copydetect, for a second or more each).
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_read_in_process, jobs, chunksize=STUDENTS_PER_PROCESS // 4))
+
+
+_read_state: dict = {}
+
+
+def _read_in_process(job: tuple) -> Student:
+    """read_student in a process of read_class's pool."""
+    return read_student(*job, _read_state["handed_out"])
 
 
 def csv_safe(value) -> str:
@@ -607,7 +623,9 @@ h3 { font-size: 15px; margin: 22px 0 6px; } h4 { font-size: 14px; margin: 14px 0
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border: 1px solid #d0d0d0; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.score { text-align: right; font-variant-numeric: tabular-nums; }
-td.name { max-width: 220px; overflow-wrap: anywhere; }
+td.name { min-width: 80px; max-width: 220px; overflow-wrap: anywhere; }
+th.unit { font-size: 11px; font-weight: 600; max-width: 90px; }
+.wide { overflow-x: auto; max-width: 100%; }
 .units { display: flex; flex-wrap: wrap; gap: 16px; } .units table { margin: 0; }
 .pair { border-top: 2px solid #888; margin-top: 28px; }
 .side { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
@@ -630,6 +648,11 @@ def esc(text) -> str:
     their code points (a line that reads one way and runs another is visible)."""
     return CONTROL_CHARS.sub(lambda m: f'<span class="ctl">U+{ord(m.group()):04X}</span>',
                              html.escape(str(text), quote=True))
+
+
+def unit_header(unit: str) -> str:
+    """A unit's column header, which may break after its underscores (ten columns fit)."""
+    return f'<th class="unit">{esc(unit).replace("_", "_<wbr>")}</th>'
 
 
 def score_cell(score: float) -> str:
@@ -669,7 +692,14 @@ another loop structure), code shared through a common source nobody listed, anyt
 the graded cells, and who copied from whom.</p></div>"""
 
 
-def summary(students: list[Student], pairs: list[Pair]) -> str:
+def unit_columns(pairs: list[Pair]) -> dict[str, list[float]]:
+    """unit -> every pair's score in it, in the pairs' order (and "overall")."""
+    columns = {unit: [pair.units[unit] for pair in pairs] for unit in UNITS}
+    columns["overall"] = [pair.overall for pair in pairs]
+    return columns
+
+
+def summary(students: list[Student], pairs: list[Pair], columns: dict) -> str:
     """Counts, and the class's typical pair (median, 90th percentile) overall and per unit."""
     def typical(values: list[float]) -> str:
         if not values:
@@ -678,13 +708,12 @@ def summary(students: list[Student], pairs: list[Pair]) -> str:
         return f"median {statistics.median(values) * 100:.0f}%, 90th percentile {tenth * 100:.0f}%"
 
     compared = sum(1 for s in students if not s.problem)
-    rows = "".join(f"<tr><td>{esc(unit)}</td><td>{typical([p.units[unit] for p in pairs])}</td></tr>"
-                   for unit in UNITS)
+    rows = "".join(f"<tr><td>{esc(unit)}</td><td>{typical(columns[unit])}</td></tr>" for unit in UNITS)
     return (f"<h2>Summary</h2><p>{len(students)} student folders, {compared} compared, "
             f"{len(students) - compared} not compared; {len(pairs)} pairs. A fingerprint is {K} "
             f"tokens; any shared run of {K + WINDOW - 1} tokens or more is found.</p>"
             f"<table><tr><th>unit</th><th>the class's pairs</th></tr>"
-            f"<tr><td><b>overall</b></td><td>{typical([p.overall for p in pairs])}</td></tr>{rows}</table>")
+            f"<tr><td><b>overall</b></td><td>{typical(columns['overall'])}</td></tr>{rows}</table>")
 
 
 def not_compared(students: list[Student], corpus_problems: list[str]) -> str:
@@ -702,22 +731,22 @@ def not_compared(students: list[Student], corpus_problems: list[str]) -> str:
 def ranked_pairs(pairs: list[Pair]) -> str:
     """The most similar pairs overall, with every unit's score; the first ones link to their
     side-by-side view."""
-    header = "".join(f"<th>{esc(unit)}</th>" for unit in UNITS)
+    header = "".join(unit_header(unit) for unit in UNITS)
     rows = []
     for rank, pair in enumerate(pairs[:RANKED_PAIRS], 1):
         link = f'<a href="#pair-{rank}">{rank}</a>' if rank <= DETAILED_PAIRS else str(rank)
         rows.append(f'<tr><td>{link}</td><td class="name">{esc(pair.a)}</td><td class="name">{esc(pair.b)}</td>'
                     f'{score_cell(pair.overall)}{"".join(score_cell(pair.units[u]) for u in UNITS)}</tr>')
     return (f"<h2>Pairs, most similar first</h2><p>The first {min(RANKED_PAIRS, len(pairs))} of "
-            f"{len(pairs)} pairs (all of them in the CSV).</p><table><tr><th>#</th><th>student</th>"
-            f"<th>student</th><th>overall</th>{header}</tr>{''.join(rows)}</table>")
+            f"{len(pairs)} pairs (all of them in the CSV).</p><div class=\"wide\"><table><tr><th>#</th>"
+            f"<th>student</th><th>student</th><th>overall</th>{header}</tr>{''.join(rows)}</table></div>")
 
 
-def unit_tables(pairs: list[Pair]) -> str:
+def unit_tables(pairs: list[Pair], columns: dict) -> str:
     """For each unit, the pairs most similar in that unit alone."""
     tables = []
     for unit in UNITS:
-        best = sorted(pairs, key=lambda p: -p.units[unit])[:PAIRS_PER_UNIT]
+        best = [pairs[i] for i in heapq.nlargest(PAIRS_PER_UNIT, range(len(pairs)), key=columns[unit].__getitem__)]
         rows = "".join(f'<tr><td class="name">{esc(p.a)}</td><td class="name">{esc(p.b)}</td>'
                        f"{score_cell(p.units[unit])}</tr>" for p in best if p.units[unit] > 0)
         tables.append(f"<div><h4>{esc(unit)}</h4><table><tr><th>student</th><th>student</th><th>score</th></tr>"
@@ -756,14 +785,15 @@ def pair_details(pairs: list[Pair], by_name: dict[str, Student]) -> str:
 
 def corpus_section(matches: list[Match], by_name: dict[str, Student], sources: dict[str, Student]) -> str:
     """The students closest to a known public solution, and the closest ones side by side."""
-    header = "".join(f"<th>{esc(unit)}</th>" for unit in UNITS)
+    header = "".join(unit_header(unit) for unit in UNITS)
     best = [m for m in matches if m.overall > 0][:REPORT_MATCHES]
     rows = "".join(f'<tr><td class="name">{esc(m.student)}</td><td class="name">{esc(m.source)}</td>'
                    f'{score_cell(m.overall)}{"".join(score_cell(m.units[u]) for u in UNITS)}</tr>' for m in best)
     views = [side_by_side(f"public-{rank}", f"{esc(m.student)} and the public solution {esc(m.source)}: "
                           f"{m.overall * 100:.0f}% of the student's code found", by_name[m.student],
                           sources[m.source], m.units) for rank, m in enumerate(best[:5], 1)]
-    table = (f"<table><tr><th>student</th><th>public solution</th><th>share found</th>{header}</tr>{rows}</table>"
+    table = (f'<div class="wide"><table><tr><th>student</th><th>public solution</th><th>share found</th>'
+             f"{header}</tr>{rows}</table></div>"
              if rows else "<p>No submission shares code with the public solutions given.</p>")
     return (f"<h2>Close to a known public solution</h2><p>The share of each student's own code that "
             f"a file of the reference corpus also has.</p>{table}{''.join(views)}")
@@ -772,11 +802,11 @@ def corpus_section(matches: list[Match], by_name: dict[str, Student], sources: d
 def report_html(students: list[Student], pairs: list[Pair], matches: list[Match] | None,
                 sources: list[Student], corpus_problems: list[str], title: str) -> str:
     """The whole report, one self-contained HTML page."""
-    by_name = {s.name: s for s in students}
+    by_name, columns = {s.name: s for s in students}, unit_columns(pairs)
     corpus = corpus_section(matches, by_name, {s.name: s for s in sources}) if matches is not None else ""
     body = (f"<h1>{esc(title)}</h1>{notice(sum(1 for s in students if not s.problem))}"
-            f"{summary(students, pairs)}{not_compared(students, corpus_problems)}{corpus}"
-            f"{ranked_pairs(pairs)}{unit_tables(pairs)}{pair_details(pairs, by_name)}")
+            f"{summary(students, pairs, columns)}{not_compared(students, corpus_problems)}{corpus}"
+            f"{ranked_pairs(pairs)}{unit_tables(pairs, columns)}{pair_details(pairs, by_name)}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
@@ -803,11 +833,10 @@ def similarity_report(course_dir: Path, corpus: Path | None = None, out_dir: Pat
     from autograder.batch import ASSIGNMENT
 
     course_dir = Path(course_dir)
-    alphabet = Alphabet()
-    handed_out = scaffolds(alphabet)
-    students = read_class(course_dir, alphabet, handed_out)
+    handed_out = scaffolds()
+    students = read_class(course_dir, handed_out)
     pairs = all_pairs(students)
-    sources, corpus_problems = read_corpus(corpus, alphabet, handed_out) if corpus else ([], [])
+    sources, corpus_problems = read_corpus(corpus, handed_out) if corpus else ([], [])
     matches = all_matches(students, sources) if corpus else None
     out_dir = Path(out_dir) if out_dir else course_dir / OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
