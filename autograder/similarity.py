@@ -113,7 +113,7 @@ MUTATING_METHODS = {"append", "extend", "insert", "pop", "popitem", "remove", "c
                     "discard", "setdefault", "sort", "reverse", "backward", "register_buffer",
                     "register_parameter", "add_module"}
 SYMBOLS_FROM, SYMBOLS = 0x10000, 0x100000  # code points above the surrogates: all characters
-STUDENTS_PER_PROCESS = 40  # fewer students are read in this process (a pool costs more)
+STUDENTS_PER_PROCESS = 40  # fewer students are read and compared in this process (a pool costs more)
 MAX_REORDERED_RUN = 64  # statements put in canonical order at once (the order costs n^2)
 
 
@@ -405,9 +405,9 @@ class Pair:
     b: str
     overall: float
     units: dict  # unit -> similarity
-    shared: dict = dataclasses.field(default_factory=dict)  # unit -> overlap tokens of (a, b)
 
 
+@functools.cache
 def scaffolds() -> dict[str, set]:
     """unit -> every fingerprint of what was handed out for it (the released stub: its
     signature, docstring, provided lines and ``raise NotImplementedError()``)."""
@@ -415,14 +415,21 @@ def scaffolds() -> dict[str, set]:
             for unit in UNITS}
 
 
-def read_student(name: str, notebook: Path | None, note: str, handed_out: dict) -> Student:
+@functools.lru_cache(maxsize=4096)
+def unit_code(unit: str, text: str) -> Code:
+    """A unit's code normalised and fingerprinted, the unit's scaffold taken out; the same
+    cell handed in twice (most often an untouched stub) is done once."""
+    return fingerprinted(normalise(text), scaffolds()[unit])
+
+
+def read_student(name: str, notebook: Path | None, note: str) -> Student:
     """One submission's graded cells (the grader's rule), normalised and fingerprinted; a
     submission that cannot be read is a Student with the reason, never an exception."""
     if notebook is None:
         return Student(name, {}, note or "nothing submitted")
     try:
         cells, notes = read_solution_cells(notebook, UNITS)
-        units = {unit: fingerprinted(normalise(cells[unit]), handed_out[unit]) for unit in cells}
+        units = {unit: unit_code(unit, cells[unit]) for unit in cells}
     except SubmissionError as exc:
         return Student(name, {}, f"could not be read: {exc}")
     except Exception as exc:  # hostile or broken input that got past the reader: this row only
@@ -434,7 +441,7 @@ def compare(a: Student, b: Student, units=UNITS) -> Pair:
     """The pair's similarity per unit ((shared a + shared b) / (own a + own b), own being the
     tokens each one's fingerprints cover) and overall (the same sums over every unit, so a
     long unit counts more than a one-liner)."""
-    scores, shared, total_shared, total_own = {}, {}, 0, 0
+    scores, total_shared, total_own = {}, 0, 0
     for unit in units:
         code_a, code_b = a.units.get(unit), b.units.get(unit)
         own = (code_a.covered if code_a else 0) + (code_b.covered if code_b else 0)
@@ -442,17 +449,37 @@ def compare(a: Student, b: Student, units=UNITS) -> Pair:
         if code_a and code_b and code_a.covered and code_b.covered:
             overlap = shared_tokens(code_a, code_b)
         scores[unit] = sum(overlap) / own if own else 0.0
-        shared[unit] = overlap
         total_shared += sum(overlap)
         total_own += own
-    return Pair(a.name, b.name, total_shared / total_own if total_own else 0.0, scores, shared)
+    return Pair(a.name, b.name, total_shared / total_own if total_own else 0.0, scores)
 
 
 def all_pairs(students: list[Student]) -> list[Pair]:
-    """Every pair of readable students, most similar first (then by names)."""
+    """Every pair of readable students, most similar first (then by names); compared by as
+    many processes as there are cores for a class of hundreds."""
     readable = [s for s in students if not s.problem]
-    pairs = [compare(a, b) for a, b in itertools.combinations(readable, 2)]
+    processes = min(os.cpu_count() or 1, len(readable) // STUDENTS_PER_PROCESS)
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        pairs = [pair for first in range(len(readable)) for pair in _pairs_of(readable, first)]
+    else:
+        _compare_state["students"] = readable  # inherited by the forked processes, not pickled
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            rows = pool.map(_pairs_in_process, range(len(readable)), chunksize=8)
+            pairs = [pair for row in rows for pair in row]
     return sorted(pairs, key=lambda p: (-p.overall, p.a, p.b))
+
+
+_compare_state: dict = {}
+
+
+def _pairs_of(students: list[Student], first: int) -> list[Pair]:
+    """The pairs of students[first] with every student after it."""
+    return [compare(students[first], other) for other in students[first + 1:]]
+
+
+def _pairs_in_process(first: int) -> list[Pair]:
+    """_pairs_of in a process of all_pairs's pool."""
+    return _pairs_of(_compare_state["students"], first)
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,15 +538,14 @@ def corpus_units(path: Path) -> dict[str, str]:
     return units
 
 
-def read_corpus(folder: Path, handed_out: dict) -> tuple[list[Student], list[str]]:
+def read_corpus(folder: Path) -> tuple[list[Student], list[str]]:
     """Each corpus file as a Student named by its path; and the files that could not be read."""
     sources, problems = [], []
     for path in corpus_files(folder):
         name = path.relative_to(folder).as_posix()
         try:
             units = corpus_units(path)
-            sources.append(Student(name, {unit: fingerprinted(normalise(code), handed_out[unit])
-                                          for unit, code in units.items()}))
+            sources.append(Student(name, {unit: unit_code(unit, code) for unit, code in units.items()}))
         except (SubmissionError, OSError, UnicodeError, ValueError) as exc:
             problems.append(f"{name}: could not be read ({str(exc)[:200] or type(exc).__name__})")
     return sources, problems
@@ -549,7 +575,7 @@ def all_matches(students: list[Student], sources: list[Student]) -> list[Match]:
 # ---------------------------------------------------------------------------------------
 
 
-def read_class(course_dir: Path, handed_out: dict) -> list[Student]:
+def read_class(course_dir: Path) -> list[Student]:
     """Every student folder of submitted/, with the notebook the grader would grade, read
     by as many processes as there are cores (tokenising is most of the time)."""
     from autograder.batch import find_submissions  # the grader's rule for which file counts
@@ -557,20 +583,12 @@ def read_class(course_dir: Path, handed_out: dict) -> list[Student]:
     jobs = [(sub.student, sub.notebook, sub.note) for sub in find_submissions(course_dir)]
     processes = min(os.cpu_count() or 1, len(jobs) // STUDENTS_PER_PROCESS)
     if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [read_student(*job, handed_out) for job in jobs]
-    _read_state["handed_out"] = handed_out  # inherited by the forked processes, not pickled
+        return [read_student(*job) for job in jobs]
+    scaffolds()  # computed once, here: the forked processes inherit it
     # fork: the children have the modules loaded already (spawn would import them again,
     # matplotlib with copydetect, for a second or more each).
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_read_in_process, jobs, chunksize=STUDENTS_PER_PROCESS // 4))
-
-
-_read_state: dict = {}
-
-
-def _read_in_process(job: tuple) -> Student:
-    """read_student in a process of read_class's pool."""
-    return read_student(*job, _read_state["handed_out"])
+        return list(pool.map(read_student, *zip(*jobs), chunksize=max(1, STUDENTS_PER_PROCESS // 4)))
 
 
 def csv_safe(value) -> str:
@@ -623,7 +641,7 @@ h3 { font-size: 15px; margin: 22px 0 6px; } h4 { font-size: 14px; margin: 14px 0
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border: 1px solid #d0d0d0; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.score { text-align: right; font-variant-numeric: tabular-nums; }
-td.name { min-width: 80px; max-width: 220px; overflow-wrap: anywhere; }
+td.name { min-width: 90px; max-width: 240px; overflow-wrap: break-word; }
 th.unit { font-size: 11px; font-weight: 600; max-width: 90px; }
 .wide { overflow-x: auto; max-width: 100%; }
 .units { display: flex; flex-wrap: wrap; gap: 16px; } .units table { margin: 0; }
@@ -702,6 +720,7 @@ def unit_columns(pairs: list[Pair]) -> dict[str, list[float]]:
 def summary(students: list[Student], pairs: list[Pair], columns: dict) -> str:
     """Counts, and the class's typical pair (median, 90th percentile) overall and per unit."""
     def typical(values: list[float]) -> str:
+        """The median and 90th percentile of scores, in words."""
         if not values:
             return "no pairs"
         tenth = sorted(values)[int(0.9 * (len(values) - 1))]
@@ -737,8 +756,9 @@ def ranked_pairs(pairs: list[Pair]) -> str:
         link = f'<a href="#pair-{rank}">{rank}</a>' if rank <= DETAILED_PAIRS else str(rank)
         rows.append(f'<tr><td>{link}</td><td class="name">{esc(pair.a)}</td><td class="name">{esc(pair.b)}</td>'
                     f'{score_cell(pair.overall)}{"".join(score_cell(pair.units[u]) for u in UNITS)}</tr>')
-    return (f"<h2>Pairs, most similar first</h2><p>The first {min(RANKED_PAIRS, len(pairs))} of "
-            f"{len(pairs)} pairs (all of them in the CSV).</p><div class=\"wide\"><table><tr><th>#</th>"
+    shown = f"The first {RANKED_PAIRS} of {len(pairs)}" if len(pairs) > RANKED_PAIRS else f"All {len(pairs)}"
+    return (f"<h2>Pairs, most similar first</h2><p>{shown} pairs (every pair is in the CSV).</p>"
+            f"<div class=\"wide\"><table><tr><th>#</th>"
             f"<th>student</th><th>student</th><th>overall</th>{header}</tr>{''.join(rows)}</table></div>")
 
 
@@ -833,10 +853,9 @@ def similarity_report(course_dir: Path, corpus: Path | None = None, out_dir: Pat
     from autograder.batch import ASSIGNMENT
 
     course_dir = Path(course_dir)
-    handed_out = scaffolds()
-    students = read_class(course_dir, handed_out)
+    students = read_class(course_dir)
     pairs = all_pairs(students)
-    sources, corpus_problems = read_corpus(corpus, handed_out) if corpus else ([], [])
+    sources, corpus_problems = read_corpus(corpus) if corpus else ([], [])
     matches = all_matches(students, sources) if corpus else None
     out_dir = Path(out_dir) if out_dir else course_dir / OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

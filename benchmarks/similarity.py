@@ -131,6 +131,7 @@ def copy_ranks(out: Path, copied: list[tuple[str, str]]) -> list[int]:
 
 
 def main(argv=None) -> None:
+    """Build the class, time the report --runs times, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--copies", type=int, default=5)

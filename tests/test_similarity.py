@@ -88,10 +88,12 @@ def small_class(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(small_class):
+    """The small class's report, written to its default place (COURSE/similarity/)."""
     return similarity.similarity_report(small_class)
 
 
 def by_pair(report) -> dict[frozenset, similarity.Pair]:
+    """The report's pairs by the set of their two students."""
     return {frozenset((p.a, p.b)): p for p in report.pairs}
 
 
@@ -140,6 +142,7 @@ def test_the_html_says_it_is_no_verdict_and_shows_the_copy_side_by_side(report, 
 
 
 def tokens(code: str) -> str:
+    """code's normalised token stream."""
     return similarity.normalise(code).symbols
 
 
@@ -218,3 +221,11 @@ def test_the_report_renders_in_a_headless_browser(report, small_class, tmp_path)
         assert image.size == (1400, 1800)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text and shaded cells, not a blank page
+
+
+def test_processes_find_what_one_process_finds(small_class, report, tmp_path, monkeypatch):
+    monkeypatch.setattr(similarity, "STUDENTS_PER_PROCESS", 2)  # a pool even for seven students
+    pooled = similarity.similarity_report(small_class, out_dir=tmp_path)
+    assert [(p.a, p.b, p.overall, p.units) for p in pooled.pairs] == \
+        [(p.a, p.b, p.overall, p.units) for p in report.pairs]
+    assert [s.problem for s in pooled.students] == [s.problem for s in report.students]
