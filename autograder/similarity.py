@@ -112,6 +112,7 @@ _SIMPLE_STATEMENTS = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)
 MUTATING_METHODS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "add",
                     "discard", "setdefault", "sort", "reverse", "backward", "register_buffer",
                     "register_parameter", "add_module"}
+HASH_BASE = 0x9E3779B97F4A7C15  # odd, with well-mixed bits (2**64 / the golden ratio)
 SYMBOLS_FROM, SYMBOLS = 0x10000, 0x100000  # code points above the surrogates: all characters
 STUDENTS_PER_PROCESS = 40  # fewer students are read and compared in this process (a pool costs more)
 MAX_REORDERED_RUN = 64  # statements put in canonical order at once (the order costs n^2)
@@ -300,19 +301,25 @@ def symbol(token: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def stable_hash(kgram: str) -> int:
-    """A 64-bit hash of a k-gram that is the same in every run (copydetect hashes with
-    Python's hash(), salted per process: its fingerprints, and so its scores, would change
-    from one run to the next)."""
-    return int.from_bytes(hashlib.blake2b(kgram.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of text, the same in every process and run."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
                           "little", signed=True)
 
 
 def kgram_hashes(symbols: str):
-    """The hash of every K-token k-gram of a normalised document, in order (numpy int64)."""
+    """The hash of every K-token k-gram of a normalised document, in order (numpy int64): a
+    polynomial hash of the tokens' characters modulo 2**64, the same in every run (copydetect
+    hashes with Python's hash(), salted per process: its fingerprints, and so its scores,
+    would change from one run to the next), computed for all k-grams at once."""
     import numpy as np
 
-    return np.array([stable_hash(symbols[i:i + K]) for i in range(len(symbols) - K + 1)], dtype=np.int64)
+    codes = np.frombuffer(symbols.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    count = len(codes) - K + 1
+    hashes = np.zeros(max(count, 0), dtype=np.uint64)
+    for offset in range(K if count > 0 else 0):
+        hashes = hashes * np.uint64(HASH_BASE) + codes[offset:offset + count]  # wraps modulo 2**64
+    return hashes.view(np.int64)
 
 
 def covered_tokens(code: "Code", starts) -> int:
