@@ -115,6 +115,10 @@ MUTATING_METHODS = {"append", "extend", "insert", "pop", "popitem", "remove", "c
 HASH_BASE = 0x9E3779B97F4A7C15  # odd, with well-mixed bits (2**64 / the golden ratio)
 SYMBOLS_FROM, SYMBOLS = 0x10000, 0x100000  # code points above the surrogates: all characters
 STUDENTS_PER_PROCESS = 40  # fewer students are read and compared in this process (a pool costs more)
+# The longest reference unit is 5,600 characters; a cell far longer (pasted data, generated
+# code) would cost time and memory (a bit mask per fingerprint) for no evidence.
+MAX_COMPARED_CHARS = 20_000
+MAX_CORPUS_CHARS = 100_000  # a public solution may be a whole file: it is compared whole
 MAX_REORDERED_RUN = 64  # statements put in canonical order at once (the order costs n^2)
 
 
@@ -436,7 +440,9 @@ def read_student(name: str, notebook: Path | None, note: str) -> Student:
         return Student(name, {}, note or "nothing submitted")
     try:
         cells, notes = read_solution_cells(notebook, UNITS)
-        units = {unit: unit_code(unit, cells[unit]) for unit in cells}
+        notes += [f"{unit}: only the first {MAX_COMPARED_CHARS:,} characters were compared"
+                  for unit, code in cells.items() if len(code) > MAX_COMPARED_CHARS]
+        units = {unit: unit_code(unit, code[:MAX_COMPARED_CHARS]) for unit, code in cells.items()}
     except SubmissionError as exc:
         return Student(name, {}, f"could not be read: {exc}")
     except Exception as exc:  # hostile or broken input that got past the reader: this row only
@@ -552,7 +558,8 @@ def read_corpus(folder: Path) -> tuple[list[Student], list[str]]:
         name = path.relative_to(folder).as_posix()
         try:
             units = corpus_units(path)
-            sources.append(Student(name, {unit: unit_code(unit, code) for unit, code in units.items()}))
+            sources.append(Student(name, {unit: unit_code(unit, code[:MAX_CORPUS_CHARS])
+                                          for unit, code in units.items()}))
         except (SubmissionError, OSError, UnicodeError, ValueError) as exc:
             problems.append(f"{name}: could not be read ({str(exc)[:200] or type(exc).__name__})")
     return sources, problems

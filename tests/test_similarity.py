@@ -229,3 +229,14 @@ def test_processes_find_what_one_process_finds(small_class, report, tmp_path, mo
     assert [(p.a, p.b, p.overall, p.units) for p in pooled.pairs] == \
         [(p.a, p.b, p.overall, p.units) for p in report.pairs]
     assert [s.problem for s in pooled.students] == [s.problem for s in report.students]
+
+
+def test_an_enormous_cell_is_compared_in_part_with_a_note(tmp_path):
+    padding = "".join(f"padding_{i} = {i}\n" for i in range(3000))  # about 50,000 characters
+    code = solved("WordEmbedding", "out = self.W_embed[x]\n" + padding)
+    path = tmp_path / "big.ipynb"
+    write_submission(path, {**STUBS, "WordEmbedding": code})
+    student = similarity.read_student("big", path, "")
+    assert student.problem == ""
+    assert len(student.units["WordEmbedding"].text) == similarity.MAX_COMPARED_CHARS
+    assert any("WordEmbedding: only the first 20,000 characters" in note for note in student.notes)
