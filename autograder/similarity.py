@@ -16,15 +16,16 @@ per unit and overall. Writes COURSE_DIR/similarity/ (or --out): ``similarity.htm
 that could not be read). With --reference-corpus, ``similarity_reference.csv`` too: each
 student against each known public solution (.py or .ipynb) of DIR.
 
-Library: copydetect (PyPI, MIT; MOSS's winnowing, Schleimer et al. 2003) does the
-fingerprinting, winnowing and overlap of two documents in numpy, and is small enough to
-read whole. Dolos (npm) is stronger but a Node program with its own parser and report
-server, a second runtime to pin for what winnowing already does. copydetect's own
-tokeniser (Pygments) turns every name into "V", torch's API included, and so makes honest
-solutions look alike; here its fingerprinter gets our token stream instead (one character
-per token), and the scaffold is subtracted here, since its boilerplate removal
-(``np.intersect1d(..., assume_unique=True)`` on hashes that repeat) also drops hashes that
-are not boilerplate.
+Library: copydetect 0.5.0 (PyPI, MIT), chosen over Dolos (npm) after reading both: its
+robust winnowing (MOSS's algorithm, Schleimer et al. 2003) and its copied-slice builder are
+small, readable numpy code that runs in this process, while Dolos is a Node program with its
+own tree-sitter parser and report server, a second runtime to pin for the same algorithm.
+Only those two functions are used (``copydetect.utils.winnow``, ``get_copied_slices``):
+copydetect's Pygments tokeniser turns every name into "V", torch's API included, which makes
+honest solutions look alike; its k-gram hashes use Python's hash(), salted per process, so
+scores would change from run to run; and its boilerplate removal (``np.intersect1d(...,
+assume_unique=True)`` on hashes that repeat) also drops hashes that are not boilerplate. So
+tokens, hashes and the scaffold's subtraction are done here.
 
 Similarity is evidence for a person to review, never a verdict: this changes no grade.
 Submitted code is never imported or run, only tokenised and parsed; everything shown in
