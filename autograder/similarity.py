@@ -104,8 +104,8 @@ def reference_names() -> set[str]:
     return names
 
 
-KEPT_NAMES = (set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | ASSIGNMENT_NAMES
-              | reference_names())
+# Soft keywords (match, case, _) are left out: they are most often variables (``attn, _ = ...``).
+KEPT_NAMES = (set(keyword.kwlist) | set(dir(builtins)) | ASSIGNMENT_NAMES | reference_names()) - {"_"}
 _SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
             tokenize.ENCODING, tokenize.ENDMARKER}
 _FALLBACK_TOKEN = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|'[^'\n]*'?|\"[^\"\n]*\"?|\*\*|//|->|[^\s\w]")

@@ -49,9 +49,10 @@ def assigned_names(code: str) -> set[str]:
 
 
 def disguised(code: str) -> str:
-    """code with every assigned name renamed, its comments replaced and spacing changed."""
+    """code with every assigned name renamed (not attributes: the program stays the same),
+    its comments replaced and its spacing changed."""
     for number, name in enumerate(sorted(assigned_names(code))):
-        code = re.sub(rf"\b{name}\b", f"my_var_{number}", code)
+        code = re.sub(rf"(?<![.\w]){name}\b", f"my_var_{number}", code)  # x.T stays x.T
     lines = []
     for line in code.splitlines():
         code_part = line.split("  #")[0].rstrip()  # the catalogue's comments go
@@ -101,7 +102,7 @@ def test_a_disguised_copy_is_the_top_pair_far_above_honest_ones(report):
     pairs = by_pair(report)
     top = report.pairs[0]
     assert {top.a, top.b} == {"alice", "mallory"}
-    assert top.overall > 0.95, top.units
+    assert top.overall > 0.99, top.units  # the same program: all of it is shared
     # Reordered independent lines and a renamed variable: the same program.
     assert top.units["rnn_step_backward"] > 0.95
     honest = [pairs[frozenset(p)] for p in (("alice", "bob"), ("alice", "carol"), ("bob", "carol"))]
@@ -163,6 +164,7 @@ def test_torch_calls_and_attributes_are_kept_local_names_are_not():
     assert tanh.symbols != sigmoid.symbols
     assert similarity.normalise("out = inp.sum(0)").symbols == similarity.normalise("h = x.sum(0)").symbols
     assert similarity.normalise("out = inp.sum(0)").symbols != similarity.normalise("h = x.mean(0)").symbols
+    assert tokens("a, _ = f(x)") == tokens("a, unused = f(x)")  # "_" is a name like any other
 
 
 def test_hostile_names_and_code_are_escaped(tmp_path):
