@@ -140,6 +140,8 @@ def test_the_html_says_it_is_no_verdict_and_shows_the_copy_side_by_side(report, 
     assert 'id="pair-1"' in page and "<mark>" in page
     assert "zed" in page and "could not be read" in page
     assert not re.search(r"<(script|link|img|iframe)\b|https?://", page, re.I)  # self-contained
+    # What was handed out (docstrings, the stub's lines) is never marked as shared.
+    assert not re.search(r"<mark>[^<]*(Inputs:|Returns|NotImplementedError)", page)
 
 
 def tokens(code: str) -> str:
