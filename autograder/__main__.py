@@ -61,12 +61,7 @@ def main(argv=None) -> int:
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
-    similarity_cmd = commands.add_parser(
-        "similarity", help="which submissions look alike: an HTML report and a CSV, for a person to review")
-    similarity_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
-    similarity_cmd.add_argument("--reference-corpus", type=Path, metavar="DIR",
-                                help="known public solutions (.py, .ipynb) to compare every submission with")
-    similarity_cmd.add_argument("--out", type=Path, help="where to write (default COURSE_DIR/similarity/)")
+    add_similarity_command(commands)
     args = parser.parse_args(argv)
     if args.command == "similarity":
         return run_similarity(args)
@@ -80,6 +75,16 @@ def main(argv=None) -> int:
         return run_batch(args)
 
     return run_grade(args)
+
+
+def add_similarity_command(commands) -> None:
+    """`similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]` (autograder/similarity.py)."""
+    similarity_cmd = commands.add_parser(
+        "similarity", help="which submissions look alike: an HTML report and a CSV, for a person to review")
+    similarity_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    similarity_cmd.add_argument("--reference-corpus", type=Path, metavar="DIR",
+                                help="known public solutions (.py, .ipynb) to compare every submission with")
+    similarity_cmd.add_argument("--out", type=Path, help="where to write (default COURSE_DIR/similarity/)")
 
 
 NOT_GRADED_EXIT = 3
