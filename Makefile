@@ -13,7 +13,7 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope similarity bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
@@ -27,6 +27,8 @@ help:
 	@echo "                  resumable; FORCE=1 or STUDENTS=\"id ...\" to grade again) into the"
 	@echo "                  gradebook; export $(COURSE)/grades.csv"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
+	@echo "make similarity   which submissions of $(COURSE)/submitted/ look alike: $(COURSE)/similarity/"
+	@echo "                  similarity.html and .csv, for a person to review (CORPUS=dir of public solutions)"
 	@echo "make gradescope   the Gradescope autograder zip (dist/; GRADESCOPE_SANDBOX=unsandboxed"
 	@echo "                  where Gradescope's containers cannot run bubblewrap)"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
@@ -34,6 +36,7 @@ help:
 	@echo "make bench-lstm   time the reference LSTM against torch.nn.LSTM"
 	@echo "make bench-grading  grading time: one submission, a class (JOBS=1, 2), stock nbgrader, notebook"
 	@echo "make bench-load   a class graded quietly, then 3 times beside 4 CPU-bound processes: same verdicts?"
+	@echo "make bench-similarity  the similarity report of a generated class of 300"
 	@echo "make bench        all four"
 
 setup: $(VENV)/.installed $(COCO_PT) sandbox
@@ -101,6 +104,11 @@ feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
 	@echo "Feedback: $(COURSE)/feedback/<student>/$(ASSIGNMENT)/$(ASSIGNMENT).html"
 
+# Evidence for a person to review, never a verdict: it changes no grade.
+CORPUS ?=
+similarity: | $(VENV)/.installed
+	$(PY) -m autograder similarity $(COURSE) $(if $(CORPUS),--reference-corpus "$(CORPUS)")
+
 GRADESCOPE_SANDBOX ?= bwrap
 gradescope: setup
 	$(PY) -m autograder.gradescope --out dist/gradescope_autograder.zip --sandbox $(GRADESCOPE_SANDBOX)
@@ -124,6 +132,9 @@ bench-lstm: setup
 
 bench-grading: setup
 	$(PY) -m benchmarks.grading
+
+bench-similarity: | $(VENV)/.installed
+	$(PY) -m benchmarks.similarity
 
 bench-load: setup
 	$(PY) -m benchmarks.load

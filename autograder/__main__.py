@@ -6,6 +6,8 @@
     python -m autograder batch COURSE_DIR [--jobs N] [--force] [--student ID ...]
                                           (a whole class; see batch.py)
     python -m autograder classroom results.json            (GitHub Classroom's payload)
+    python -m autograder similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]
+                                          (which submissions look alike; see similarity.py)
 
 SUBMISSION is a notebook, or a folder: then the notebook in it is chosen by the rule of
 autograder/submission.py (rnn_captioning.ipynb, else the only notebook; never one in
@@ -58,7 +60,10 @@ def main(argv=None) -> int:
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
+    add_similarity_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "similarity":
+        return run_similarity(args)
     if args.command == "classroom":
         from autograder.reports import classroom_payload
 
@@ -71,6 +76,16 @@ def main(argv=None) -> int:
         return run_batch(args)
 
     return run_grade(args)
+
+
+def add_similarity_command(commands) -> None:
+    """`similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]` (autograder/similarity.py)."""
+    similarity_cmd = commands.add_parser(
+        "similarity", help="which submissions look alike: an HTML report and a CSV, for a person to review")
+    similarity_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    similarity_cmd.add_argument("--reference-corpus", type=Path, metavar="DIR",
+                                help="known public solutions (.py, .ipynb) to compare every submission with")
+    similarity_cmd.add_argument("--out", type=Path, help="where to write (default COURSE_DIR/similarity/)")
 
 
 NOT_GRADED_EXIT = 3
@@ -192,6 +207,28 @@ def run_batch(args) -> int:
         print("NOT GRADED submissions have no score: run the batch again (it grades them again), "
               "or see README, 'When something goes wrong'", file=sys.stderr)
         return NOT_GRADED_EXIT
+    return 0
+
+
+def run_similarity(args) -> int:
+    """The similarity report of a class: 0 when written, 2 when it cannot be (no such
+    folder, an unwritable output)."""
+    from autograder.similarity import similarity_report
+
+    for folder, what in ((args.course, "course directory"), (args.reference_corpus, "reference corpus")):
+        if folder is not None and not folder.is_dir():
+            print(f"error: the {what} {folder} is not a folder", file=sys.stderr)
+            return 2
+    try:
+        report = similarity_report(args.course, args.reference_corpus, args.out)
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    unread = sum(1 for s in report.students if s.problem)
+    print(f"{len(report.students) - unread} submissions compared ({unread} not), {len(report.pairs)} pairs; "
+          f"similarity is evidence to review, never a verdict")
+    for path in report.files:
+        print(path)
     return 0
 
 
