@@ -13,7 +13,7 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde feedback gradescope similarity bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde merge slurm kubernetes image feedback gradescope similarity bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
@@ -26,6 +26,12 @@ help:
 	@echo "make autograde    grade every submission in $(COURSE)/submitted/ (JOBS=N at a time,"
 	@echo "                  resumable; FORCE=1 or STUDENTS=\"id ...\" to grade again) into the"
 	@echo "                  gradebook; export $(COURSE)/grades.csv"
+	@echo "make slurm SHARDS=N   sbatch scripts: an array job of N shards and a dependent merge (dist/slurm/;"
+	@echo "                  GPU=1, SLURM_ARGS=...); make merge after shards graded elsewhere"
+	@echo "make merge        the class's CSV and gradebook from stored results (grades nothing;"
+	@echo "                  fails, listing them, when a student has no result)"
+	@echo "make kubernetes SHARDS=N IMAGE=... CLAIM=...  an Indexed Job and a merge Job (dist/kubernetes/)"
+	@echo "make image        the grader's container image from Debian and PyPI (podman, mmdebstrap)"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
 	@echo "make similarity   which submissions of $(COURSE)/submitted/ look alike: $(COURSE)/similarity/"
 	@echo "                  similarity.html and .csv, for a person to review (CORPUS=dir of public solutions)"
@@ -99,6 +105,30 @@ autograde: release
 	( $(NBGRADER) export --to grades.csv ) || exit $$?; \
 	echo "Grades: $(COURSE)/grades.csv and, per test, $(COURSE)/class_results.csv (gradebook: $(COURSE)/gradebook.db)"; \
 	exit $$status
+
+# Past one machine (README, "Grading on a cluster"): shards graded by Slurm or Kubernetes
+# store results as `make autograde` does; merge builds class_results.csv, then nbgrader's
+# gradebook and grades.csv from them, and grades nothing (exit 4 when a result is missing).
+SHARDS     ?=
+GPU        ?=
+SLURM_ARGS ?=
+IMAGE      ?= captioning-grader:latest
+CLAIM      ?= captioning-course
+K8S_ARGS   ?=
+merge: release
+	$(PY) -m autograder merge $(COURSE)
+
+slurm: release
+	@test -n "$(SHARDS)" || { echo "usage: make slurm SHARDS=N [JOBS=J] [GPU=1] [SLURM_ARGS=...]" >&2; exit 2; }
+	$(PY) -m autograder slurm $(COURSE) --shards $(SHARDS) --jobs $(JOBS) $(if $(GPU),--gpu) $(SLURM_ARGS)
+
+kubernetes: | $(VENV)/.installed
+	@test -n "$(SHARDS)" || { echo "usage: make kubernetes SHARDS=N [IMAGE=...] [CLAIM=pvc] [K8S_ARGS=...]" >&2; exit 2; }
+	$(PY) -m autograder kubernetes $(COURSE) --shards $(SHARDS) --jobs $(JOBS) --image $(IMAGE) \
+	    --claim $(CLAIM) $(if $(GPU),--gpu) $(K8S_ARGS)
+
+image: setup
+	autograder/cluster/image/build.sh $(IMAGE)
 
 feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force

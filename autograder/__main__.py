@@ -4,7 +4,12 @@
                                [--data data/coco.pt] [--allow-unsandboxed]
 
     python -m autograder batch COURSE_DIR [--jobs N] [--force] [--student ID ...]
-                                          (a whole class; see batch.py)
+                                          [--shard I/N | --shard /N]
+                                          (a whole class, or one slice of it; see batch.py)
+    python -m autograder merge COURSE_DIR [--no-gradebook]
+                                          (after the shards: the class's files; grades nothing)
+    python -m autograder slurm COURSE_DIR --shards N ...       (see autograder/cluster/)
+    python -m autograder kubernetes COURSE_DIR --shards N ...
     python -m autograder classroom results.json            (GitHub Classroom's payload)
     python -m autograder similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]
                                           (which submissions look alike; see similarity.py)
@@ -21,6 +26,13 @@ in Gradescope's schema. Exit status:
   3  NOT GRADED: a failure the student did not cause persisted (results.json says so, with
      diagnostics in extra_data); grade again.
 batch exits 3 when any submission is NOT GRADED (it lists them), else as grade does.
+merge exits 4 when a student has no stored result (it lists them; grade their shard
+again), else 3 when any is NOT GRADED, else 0; nbgrader's gradebook is built only when
+no result is missing (nbgrader would grade the missing ones itself).
+
+--shard I/N grades the I-th (from 0) of N fixed slices of the class, sorted by student id;
+--shard /N takes I from $SLURM_ARRAY_TASK_ID (a Slurm array task) or $JOB_COMPLETION_INDEX
+(a Kubernetes Indexed Job), and only then: the environment never picks a shard by itself.
 """
 
 import argparse
@@ -32,31 +44,14 @@ from pathlib import Path
 from autograder import DATA_FILE
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    grade_cmd = commands.add_parser("grade", help="grade one submitted notebook")
-    grade_cmd.add_argument("notebook", type=Path)
-    grade_cmd.add_argument("--results", type=Path, default=Path("results.json"))
-    grade_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    grade_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    grade_cmd.add_argument("--allow-unsandboxed", action="store_true",
-                           help="grade even where bubblewrap cannot run (weaker isolation; "
-                                "the results say so)")
-    batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
-    batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
-    batch_cmd.add_argument("--jobs", type=int, default=1,
-                           help="submissions graded at once (0: one at a time in this process, "
-                                "for debugging)")
-    batch_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    batch_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    batch_cmd.add_argument("--allow-unsandboxed", action="store_true")
-    batch_cmd.add_argument("--force", action="store_true",
-                           help="grade every submission again (ignore every stored result)")
-    batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
-                           help="grade this student's submission again (repeatable)")
+    add_grading_commands(commands)
+    from autograder import cluster
+
+    cluster.add_commands(commands)
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
@@ -69,13 +64,43 @@ def main(argv=None) -> int:
 
         print(classroom_payload(json.loads(args.results.read_text())))
         return 0
+    if hasattr(args, "run"):  # the cluster's commands write files; they grade nothing
+        return args.run(args)
     if not args.data.is_file():
         print(f"error: the data file {args.data} is missing: run `make data`", file=sys.stderr)
         return 2
-    if args.command == "batch":
-        return run_batch(args)
+    return {"batch": run_batch, "merge": run_merge}.get(args.command, run_grade)(args)
 
-    return run_grade(args)
+
+def add_grading_commands(commands) -> None:
+    """`grade`, `batch` and `merge`: the commands that grade, or read what was graded."""
+    grade_cmd = commands.add_parser("grade", help="grade one submitted notebook")
+    grade_cmd.add_argument("notebook", type=Path)
+    grade_cmd.add_argument("--results", type=Path, default=Path("results.json"))
+    batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
+    batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    batch_cmd.add_argument("--jobs", type=int, default=1,
+                           help="submissions graded at once (0: one at a time in this process, "
+                                "for debugging)")
+    batch_cmd.add_argument("--force", action="store_true",
+                           help="grade every submission again (ignore every stored result)")
+    batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
+                           help="grade this student's submission again (repeatable)")
+    batch_cmd.add_argument("--shard", type=shard_argument, metavar="I/N",
+                           help="grade only the I-th (from 0) of N slices of the class; /N: I from "
+                                "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX")
+    for command in (grade_cmd, batch_cmd):
+        command.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+        command.add_argument("--data", type=Path, default=DATA_FILE)
+        command.add_argument("--allow-unsandboxed", action="store_true",
+                             help="grade even where bubblewrap cannot run (weaker isolation; "
+                                  "the results say so)")
+    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
+                                    "gradebook from the stored results (grades nothing)")
+    merge_cmd.add_argument("course", type=Path)
+    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
+    merge_cmd.add_argument("--no-gradebook", action="store_true",
+                           help="write class_results.csv only (no nbgrader autograde and export)")
 
 
 def add_similarity_command(commands) -> None:
@@ -89,6 +114,17 @@ def add_similarity_command(commands) -> None:
 
 
 NOT_GRADED_EXIT = 3
+MISSING_EXIT = 4
+
+
+def shard_argument(spec: str):
+    """--shard's value as a batch.Shard; argparse reports a bad one with the reason."""
+    from autograder.batch import parse_shard
+
+    try:
+        return parse_shard(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_grade(args) -> int:
@@ -186,7 +222,7 @@ def run_batch(args) -> int:
     try:
         outcomes = grade_class(args.course, jobs=args.jobs, data=args.data, device=args.device,
                                allow_unsandboxed=args.allow_unsandboxed, force=args.force,
-                               students=tuple(args.student))
+                               students=tuple(args.student), shard=args.shard)
     except GraderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -201,8 +237,9 @@ def run_batch(args) -> int:
     for student, outcome in sorted(not_graded.items()):
         print(f"{student}: NOT GRADED: {not_graded_reason(outcome).removeprefix('NOT GRADED: ')}",
               file=sys.stderr)
+    written = f"shard {args.shard} (the class's files: `merge`)" if args.shard else args.course / CLASS_CSV
     print(f"{len(outcomes) - len(not_graded)} graded ({len(nothing)} with nothing to grade), "
-          f"{len(not_graded)} NOT GRADED; {args.course / CLASS_CSV}")
+          f"{len(not_graded)} NOT GRADED; {written}")
     if not_graded:
         print("NOT GRADED submissions have no score: run the batch again (it grades them again), "
               "or see README, 'When something goes wrong'", file=sys.stderr)
@@ -230,6 +267,38 @@ def run_similarity(args) -> int:
     for path in report.files:
         print(path)
     return 0
+
+
+def run_merge(args) -> int:
+    """The class's files from every stored result; the gradebook when none is missing."""
+    from autograder.batch import CLASS_CSV, MISSING, is_not_graded, merge_class, not_graded_reason
+    from autograder.grade import GraderError
+
+    try:
+        outcomes = merge_class(args.course, data=args.data)
+    except GraderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    missing = sorted(s for s, o in outcomes.items() if o.status == MISSING)
+    not_graded = sorted(s for s, o in outcomes.items() if is_not_graded(o))
+    for student in not_graded:
+        print(f"{student}: NOT GRADED: {not_graded_reason(outcomes[student]).removeprefix('NOT GRADED: ')}",
+              file=sys.stderr)
+    for student in missing:
+        print(f"{student}: no stored result (its shard has not run or did not finish)", file=sys.stderr)
+    print(f"{len(outcomes) - len(missing) - len(not_graded)} graded, {len(not_graded)} NOT GRADED, "
+          f"{len(missing)} missing; {args.course / CLASS_CSV}")
+    if missing:
+        print("error: grade the shards of the students above again (each grades only what is "
+              "missing), then merge again; the gradebook was left as it was", file=sys.stderr)
+        return MISSING_EXIT
+    if not args.no_gradebook:
+        from autograder import cluster
+
+        status = cluster.build_gradebook(args.course)
+        if status:
+            return status
+    return NOT_GRADED_EXIT if not_graded else 0
 
 
 def exit_now(code: int) -> None:

@@ -16,6 +16,11 @@ students) says so. A NOT GRADED outcome is recorded apart and never reused as a 
 the next run grades that submission again. Results are written whole (a temporary file,
 then a rename), so an interrupted run leaves no half-written file.
 
+Past one machine (see autograder/cluster/): ``--shard I/N`` grades only the I-th of N
+fixed slices of the class (by student id) and stores its results as above, nothing else;
+``merge_class`` (``python -m autograder merge``) then reads every stored result, grades
+nothing, and writes what follows, listing every student with no stored result.
+
 At the end: COURSE_DIR/class_results.csv (a row per student: status, score, a column per
 test, the reason), and, for nbgrader, a copy of each submission that nbgrader can always
 read (grader_results/nbgrader_input/, see autograder/nbgrader_autograde.py). `nbgrader
@@ -34,12 +39,18 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from autograder import ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, checks, grade, sandbox, submission_sandbox
+from autograder import (ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, checks, grade, sandbox, submission_sandbox,
+                        write_atomically)
 from autograder.submission import SubmissionError, find_notebook, read_solution_cells
 
 NOTEBOOK = NOTEBOOK_NAME
 RESULTS_DIR = "grader_results"
 CLASS_CSV = "class_results.csv"
+# The status of a student whose result merge_class did not find (a shard not run, or
+# stopped before it): no score, like NOT GRADED, but nothing was even tried.
+MISSING = "missing"
+# Where `--shard /N` finds its index I: Slurm's array task, Kubernetes' Indexed Job.
+SHARD_INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
 # What the grader is made of: every file matching these, under these folders of the
 # repository. The cache key hashes them, and the Gradescope zip ships them (one list).
 GRADER_DIRS = ("autograder", "solution")
@@ -231,9 +242,67 @@ class ResultStore:
         path = self.dir / f"{student}.json"
         entry = {"key": key, "result": result_to_dict(result)}
         stored = {"not_graded": entry} if is_not_graded(result) else entry
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stored, indent=1))
-        os.replace(tmp, path)
+        with write_atomically(path) as f:
+            f.write(json.dumps(stored, indent=1))
+
+
+# ---------------------------------------------------------------------------------------
+# Shards: fixed slices of the class, for array jobs on a cluster
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """The index-th (from 0) of count slices of the class, by student id."""
+
+    index: int
+    count: int
+
+    def select(self, submissions: list) -> list:
+        """This shard's contiguous slice of submissions (sorted by student id): sizes differ
+        by at most one, and the same class always gives the same slices."""
+        begin = self.index * len(submissions) // self.count
+        end = (self.index + 1) * len(submissions) // self.count
+        return submissions[begin:end]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _shard_number(text: str, what: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{what} must be a whole number, not {text!r}")
+    return int(text)
+
+
+def shard_index_from(environ) -> int:
+    """The index an array job gives its task: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX
+    (ValueError when neither is set, or both are and disagree)."""
+    found = {name: environ[name] for name in SHARD_INDEX_VARIABLES if environ.get(name, "") != ""}
+    if not found:
+        raise ValueError(f"--shard /N takes the shard's index from {' or '.join(SHARD_INDEX_VARIABLES)}, "
+                         "and neither is set (give --shard I/N)")
+    values = {_shard_number(value, f"${name}") for name, value in found.items()}
+    if len(values) > 1:
+        raise ValueError(f"{' and '.join(f'{k}={v}' for k, v in found.items())} disagree: "
+                         "give the index explicitly (--shard I/N)")
+    return values.pop()
+
+
+def parse_shard(spec: str, environ=os.environ) -> Shard:
+    """'I/N' (I from 0 to N-1) or '/N', whose I comes from the array job's environment
+    (shard_index_from); never from the environment otherwise. ValueError saying what is wrong."""
+    index_text, slash, count_text = spec.partition("/")
+    if not slash:
+        raise ValueError(f"--shard {spec!r}: write I/N (the I-th of N slices, I from 0) or /N")
+    count = _shard_number(count_text, "N (the number of shards)")
+    if count < 1:
+        raise ValueError(f"--shard {spec!r}: N must be at least 1")
+    index = shard_index_from(environ) if index_text == "" else _shard_number(index_text, "I (the shard)")
+    if index >= count:
+        raise ValueError(f"shard index {index} is out of range for {count} shards (0 to {count - 1}; "
+                         f"Slurm arrays must be numbered from 0: --array=0-{count - 1})")
+    return Shard(index, count)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,61 +340,130 @@ def _grade_one(student: str, notebook: Path) -> tuple[str, dict]:
 
 def grade_class(course_dir: Path, *, jobs: int = 1, data: Path, device: str = "cpu",
                 allow_unsandboxed: bool = False, progress: bool = True, force: bool = False,
-                students=()) -> dict[str, grade.GradeResult]:
+                students=(), shard: Shard | None = None) -> dict[str, grade.GradeResult]:
     """Grade every submission not already graded; returns {student: result} for every
-    student folder (results of status NOT_GRADED included).
+    student folder (results of status NOT_GRADED included), or only the shard's students.
 
     force: grade everyone again; students: grade these again (their stored result is ignored);
-    jobs: submissions graded at once, each in a process of its own; 0: one at a time, here.
+    jobs: submissions graded at once, each in a process of its own; 0: one at a time, here;
+    shard: grade only this slice of the class and write no class files (merge_class does).
     """
     course_dir = Path(course_dir)
     check_points()
     coco = load_data(data)  # a clear error now, rather than in every worker process
-    secret = grade.grader_secret()
-    fingerprint = grader_fingerprint(secret, data)
+    fingerprint = grader_fingerprint(grade.grader_secret(), data)
     store = ResultStore(course_dir / RESULTS_DIR)
     submissions = find_submissions(course_dir)
+    check_students(course_dir, submissions, students)
+    mine = shard.select(submissions) if shard else submissions
+    regrade = {sub.student for sub in mine} if force else set(students)
+    outcomes, todo = stored_outcomes(mine, store, fingerprint, device=device, regrade=regrade)
+    jobs = _jobs_to_use(jobs, device)
+    where = f"shard {shard}: {len(mine)} of {len(submissions)} students; " if shard else ""
+    print(f"{where}{len(outcomes)} already graded or with nothing to grade, {len(todo)} to grade "
+          f"with {jobs} job(s)", file=sys.stderr)
+    checks.encoder_features(coco)  # computed once here, if not cached, rather than in each job
+    _grade_todo(todo, store, outcomes, jobs=jobs, coco=coco, data=data, device=device,
+                allow_unsandboxed=allow_unsandboxed, progress=progress)
+    if shard is None:  # a shard writes no class files: other shards write results meanwhile
+        write_class_files(course_dir, submissions, outcomes)
+    return outcomes
+
+
+def check_students(course_dir: Path, submissions: list, students) -> None:
+    """GraderError naming every student asked for (--student) who has no folder."""
     unknown = sorted(set(students) - {s.student for s in submissions})
     if unknown:
-        raise grade.GraderError(f"no folder in {course_dir / 'submitted'} for student(s) "
+        raise grade.GraderError(f"no folder in {Path(course_dir) / 'submitted'} for student(s) "
                                 f"{', '.join(unknown)}")
+
+
+def stored_outcomes(submissions: list, store: ResultStore, fingerprint: str, *, device: str,
+                    regrade=frozenset(), not_graded_too: bool = False) -> tuple[dict, list]:
+    """({student: outcome} for those with nothing to grade or a stored result for their
+    submission's key, [(submission, key)] for the others). Students in regrade get no stored
+    result; not_graded_too: a stored NOT GRADED outcome counts (the batch grades those again)."""
     outcomes, todo = {}, []
     for sub in submissions:
         if sub.notebook is None:
             outcomes[sub.student] = nothing_to_grade(sub.note, device)
             continue
         key = submission_key(sub.notebook, fingerprint)
-        cached = None if force or sub.student in students else store.get(sub.student, key)
-        if cached is not None:
-            outcomes[sub.student] = with_note(cached, sub.note)
+        stored = None if sub.student in regrade else store.get(sub.student, key, not_graded_too=not_graded_too)
+        if stored is not None:
+            outcomes[sub.student] = with_note(stored, sub.note)
         else:
             todo.append((sub, key))
+    return outcomes, todo
+
+
+def _jobs_to_use(jobs: int, device: str) -> int:
+    """jobs, or fewer when this machine cannot hold them (with a warning saying why)."""
     if jobs > 1:
         jobs, why = jobs_that_fit(jobs, device)
         if why:
             print(f"warning: {why}", file=sys.stderr)
-    print(f"{len(outcomes)} already graded or with nothing to grade, {len(todo)} to grade with "
-          f"{jobs} job(s)", file=sys.stderr)
-    checks.encoder_features(coco)  # computed once here, if not cached, rather than in each job
+    return jobs
 
-    if todo and jobs == 0:  # in this process (debugging, tests), with the data loaded above
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a Slurm or Kubernetes allocation pins fewer than
+    the node has (os.cpu_count), and threads beyond them only oversubscribe."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _grade_todo(todo: list, store: ResultStore, outcomes: dict, *, jobs: int, coco: dict, data: Path,
+                device: str, allow_unsandboxed: bool, progress: bool) -> None:
+    """Grade todo [(submission, key)]: here when jobs is 0, else in a pool of jobs processes."""
+    if todo and jobs == 0:  # in this process (debugging, tests), with the data loaded already
         _state.update(coco=coco, fixture=checks.CaptionerFixture(coco), device=device,
                       allow_unsandboxed=allow_unsandboxed)
         _grade_here(todo, store, outcomes, progress=progress, device=device)
     elif todo:
         _grade_in_parallel(todo, store, outcomes, jobs=jobs, progress=progress, device=device,
                            initargs=(str(data), device, allow_unsandboxed,
-                                     max(1, (os.cpu_count() or 1) // max(1, jobs))))
-    write_class_csv(course_dir / CLASS_CSV, outcomes)
-    from autograder import nbgrader_autograde  # nbgrader's copy of each submission
+                                     max(1, usable_cpus() // max(1, jobs))))
+
+
+def write_class_files(course_dir: Path, submissions: list, outcomes: dict) -> None:
+    """class_results.csv, and nbgrader's copy of each submission (grader_results/nbgrader_input/)."""
+    write_class_csv(Path(course_dir) / CLASS_CSV, outcomes)
+    from autograder import nbgrader_autograde
 
     nbgrader_autograde.write_nbgrader_inputs(course_dir, submissions)
+
+
+def missing_result(device: str = "cpu") -> grade.GradeResult:
+    """No stored result for this submission: no score, status MISSING, and what to do."""
+    reason = ("no stored result for this submission under the current grader, data and secret: "
+              "its shard has not run or did not finish (run that shard again)")
+    result = grade.GradeResult(_zero_tests(reason), [reason], "", device)
+    result.status = MISSING
+    return result
+
+
+def merge_class(course_dir: Path, *, data: Path, device: str = "cpu") -> dict[str, grade.GradeResult]:
+    """Every student's stored outcome, graded by any shard (NOT GRADED ones included), or
+    MISSING; writes class_results.csv and nbgrader's inputs. Grades nothing."""
+    course_dir = Path(course_dir)
+    check_points()
+    load_data(data)  # the fingerprint hashes it: a clear error when it is missing or broken
+    fingerprint = grader_fingerprint(grade.grader_secret(), data)
+    submissions = find_submissions(course_dir)
+    outcomes, todo = stored_outcomes(submissions, ResultStore(course_dir / RESULTS_DIR), fingerprint,
+                                     device=device, not_graded_too=True)
+    outcomes.update({sub.student: missing_result(device) for sub, _ in todo})
+    write_class_files(course_dir, submissions, outcomes)
     return outcomes
 
 
 # What one job can hold at once: its sandbox's memory limit and the grader process itself
 # (torch, the data, the reference's computations: about 0.7 GiB measured).
 GRADER_PROCESS_BYTES = 1 << 30
+JOB_MEMORY_BYTES = sandbox.Limits().memory_bytes + GRADER_PROCESS_BYTES
 
 
 def physical_memory() -> int:
@@ -337,7 +475,7 @@ def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[in
     its sandbox's memory limit and a grader process; under cuda, the GPU's memory fractions
     of all jobs together must stay below the whole GPU."""
     memory = physical_memory() if memory is None else memory
-    each = sandbox.Limits().memory_bytes + GRADER_PROCESS_BYTES
+    each = JOB_MEMORY_BYTES
     fit = max(1, memory // each)
     reasons = []
     if jobs > fit:
@@ -405,22 +543,20 @@ def _grade_in_parallel(todo, store: ResultStore, outcomes: dict, *, jobs: int, p
 
 
 def write_class_csv(path: Path, outcomes: dict[str, grade.GradeResult]) -> None:
-    """A row per student: status ("graded" or "not graded"), total (empty when NOT GRADED),
+    """A row per student: status ("graded", "not graded" or "missing"), total (empty unless graded),
     every test's points, the sandbox mode, and the notes (what was graded, or why not)."""
     points = checks.load_points()
     columns = [f"{unit}.{test}" for unit, tests in points.items() for test in tests]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with write_atomically(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "status", "score", "max_score", *columns, "sandbox", "notes"])
         for student in sorted(outcomes):
             outcome = outcomes[student]
-            if is_not_graded(outcome):
-                writer.writerow([student, grade.NOT_GRADED, "", outcome.max_score, *[""] * len(columns),
+            if outcome.status != "graded":  # NOT GRADED or MISSING: no score
+                writer.writerow([student, outcome.status, "", outcome.max_score, *[""] * len(columns),
                                  outcome.mode, not_graded_reason(outcome)])
             else:
                 by_test = {f"{t.unit}.{t.test}": t.score for t in outcome.tests}
                 writer.writerow([student, "graded", outcome.score, outcome.max_score,
                                  *[by_test.get(c, "") for c in columns], outcome.mode,
                                  "; ".join(outcome.notes)])
-    os.replace(tmp, path)
