@@ -95,12 +95,7 @@ def add_grading_commands(commands) -> None:
         command.add_argument("--allow-unsandboxed", action="store_true",
                              help="grade even where bubblewrap cannot run (weaker isolation; "
                                   "the results say so)")
-    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
-                                    "gradebook from the stored results (grades nothing)")
-    merge_cmd.add_argument("course", type=Path)
-    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    merge_cmd.add_argument("--no-gradebook", action="store_true",
-                           help="write class_results.csv only (no nbgrader autograde and export)")
+    add_merge_command(commands)
 
 
 def add_similarity_command(commands) -> None:
@@ -115,6 +110,16 @@ def add_similarity_command(commands) -> None:
 
 NOT_GRADED_EXIT = 3
 MISSING_EXIT = 4
+
+
+def add_merge_command(commands) -> None:
+    """`merge`: after sharded batches, the class's files from the stored results."""
+    merge_cmd = commands.add_parser("merge", help="after sharded batches: the class's CSV and "
+                                    "gradebook from the stored results (grades nothing)")
+    merge_cmd.add_argument("course", type=Path)
+    merge_cmd.add_argument("--data", type=Path, default=DATA_FILE)
+    merge_cmd.add_argument("--no-gradebook", action="store_true",
+                           help="write class_results.csv only (no nbgrader autograde and export)")
 
 
 def shard_argument(spec: str):

@@ -169,11 +169,11 @@ def test_merge_without_an_nbgrader_course_says_it_builds_no_gradebook(fake_class
 
 
 def test_a_shards_time_and_memory_follow_the_graders_limits(monkeypatch):
-    # Worked by hand from the limits' meaning: 11 units of 45 s, a 300 s start, 2 served
-    # groups of 20 s, so 300 + 495 + 40 = 835 s per submission.
+    # Worked by hand from the limits' meaning: a 300 s start, 45 s for each of the 10 units,
+    # 20 s of the reference's computing for each of the 2 served groups: 790 s.
     units = len(submission_sandbox.UNITS)
     per = submission_sandbox.STARTUP_SECONDS + units * submission_sandbox.UNIT_SECONDS + 2 * 20
-    assert limits.seconds_per_submission() == per
+    assert units == 10 and per == 790 and limits.seconds_per_submission() == per
     assert limits.shard_seconds(5, 2) == submission_sandbox.STARTUP_SECONDS + 3 * per  # 3 rounds of 2 jobs
     assert limits.shard_memory_bytes(2) == 2 * (3 << 30) + 3 * (1 << 30)
     # imported, not restated:

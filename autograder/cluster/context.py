@@ -37,6 +37,7 @@ def write_context(out: Path, data: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
+    """The command: write the context (exit 2 when the data file is missing)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", type=Path, default=DATA_FILE)

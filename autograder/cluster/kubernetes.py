@@ -145,6 +145,7 @@ def manifests(args) -> dict[str, dict]:
 
 
 def run(args) -> int:
+    """The command: write both manifests (exit 2 with the reason for bad arguments)."""
     import yaml
 
     try:
