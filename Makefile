@@ -17,8 +17,8 @@ NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
-	@echo "make test         lint, then the whole test suite (CI runs this)"
-	@echo "make test-fast    lint, then every test but the slow ones (about 1.5 minutes)"
+	@echo "make test         lint, then the whole test suite (CI runs this; about 40-50 minutes on 2 cores)"
+	@echo "make test-fast    lint, then every test but the slow ones (about 2-3 minutes)"
 	@echo "make lint         ruff check (settings in pyproject.toml)"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
@@ -43,7 +43,15 @@ help:
 	@echo "make bench-grading  grading time: one submission, a class (JOBS=1, 2), stock nbgrader, notebook"
 	@echo "make bench-load   a class graded quietly, then 3 times beside 4 CPU-bound processes: same verdicts?"
 	@echo "make bench-similarity  the similarity report of a generated class of 300"
-	@echo "make bench        all four"
+	@echo "make bench        bench-grading, bench-load, bench-lstm and bench-train"
+	@echo "make lock         regenerate requirements.lock from the working $(VENV) (pip freeze)"
+	@echo ""
+	@echo "Maintenance, no target (the venv's Python, or '. $(VENV)/bin/activate' first):"
+	@echo "after changing the inputs of a visible check: write expected_NAME = EXPECTED in"
+	@echo "                  $(COURSE)/$(ASSIGNMENT)_notebook.py, run"
+	@echo "                  $(PY) -m assignment.build_notebook --fill-expected, then make notebook"
+	@echo "points rule:      autograder/points.toml must total 100 (the grader, make notebook and"
+	@echo "                  make release refuse otherwise); make notebook after changing it"
 
 setup: $(VENV)/.installed $(COCO_PT) sandbox
 
