@@ -13,12 +13,12 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde merge slurm kubernetes image feedback gradescope test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde merge slurm kubernetes image feedback gradescope similarity bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
-	@echo "make test         lint, then the whole test suite (CI runs this)"
-	@echo "make test-fast    lint, then every test but the slow ones (about 1.5 minutes)"
+	@echo "make test         lint, then the whole test suite (CI runs this; about 40-50 minutes on 2 cores)"
+	@echo "make test-fast    lint, then every test but the slow ones (about 2-3 minutes)"
 	@echo "make lint         ruff check (settings in pyproject.toml)"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
@@ -33,6 +33,8 @@ help:
 	@echo "make kubernetes SHARDS=N IMAGE=... CLAIM=...  an Indexed Job and a merge Job (dist/kubernetes/)"
 	@echo "make image        the grader's container image from Debian and PyPI (podman, mmdebstrap)"
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
+	@echo "make similarity   which submissions of $(COURSE)/submitted/ look alike: $(COURSE)/similarity/"
+	@echo "                  similarity.html and .csv, for a person to review (CORPUS=dir of public solutions)"
 	@echo "make gradescope   the Gradescope autograder zip (dist/; GRADESCOPE_SANDBOX=unsandboxed"
 	@echo "                  where Gradescope's containers cannot run bubblewrap)"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
@@ -40,7 +42,16 @@ help:
 	@echo "make bench-lstm   time the reference LSTM against torch.nn.LSTM"
 	@echo "make bench-grading  grading time: one submission, a class (JOBS=1, 2), stock nbgrader, notebook"
 	@echo "make bench-load   a class graded quietly, then 3 times beside 4 CPU-bound processes: same verdicts?"
-	@echo "make bench        all four"
+	@echo "make bench-similarity  the similarity report of a generated class of 300"
+	@echo "make bench        bench-grading, bench-load, bench-lstm and bench-train"
+	@echo "make lock         regenerate requirements.lock from the working $(VENV) (pip freeze)"
+	@echo ""
+	@echo "Maintenance, no target (the venv's Python, or '. $(VENV)/bin/activate' first):"
+	@echo "after changing the inputs of a visible check: write expected_NAME = EXPECTED in"
+	@echo "                  $(COURSE)/$(ASSIGNMENT)_notebook.py, run"
+	@echo "                  $(PY) -m assignment.build_notebook --fill-expected, then make notebook"
+	@echo "points rule:      autograder/points.toml must total 100 (the grader, make notebook and"
+	@echo "                  make release refuse otherwise); make notebook after changing it"
 
 setup: $(VENV)/.installed $(COCO_PT) sandbox
 
@@ -131,6 +142,11 @@ feedback: | $(VENV)/.installed
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
 	@echo "Feedback: $(COURSE)/feedback/<student>/$(ASSIGNMENT)/$(ASSIGNMENT).html"
 
+# Evidence for a person to review, never a verdict: it changes no grade.
+CORPUS ?=
+similarity: | $(VENV)/.installed
+	$(PY) -m autograder similarity $(COURSE) $(if $(CORPUS),--reference-corpus "$(CORPUS)")
+
 GRADESCOPE_SANDBOX ?= bwrap
 gradescope: setup
 	$(PY) -m autograder.gradescope --out dist/gradescope_autograder.zip --sandbox $(GRADESCOPE_SANDBOX)
@@ -154,6 +170,9 @@ bench-lstm: setup
 
 bench-grading: setup
 	$(PY) -m benchmarks.grading
+
+bench-similarity: | $(VENV)/.installed
+	$(PY) -m benchmarks.similarity
 
 bench-load: setup
 	$(PY) -m benchmarks.load

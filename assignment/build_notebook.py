@@ -21,32 +21,36 @@ from pathlib import Path
 import nbformat
 import torch
 
+from autograder import ASSIGNMENT, COURSE_DIR, POINTS_FILE, REPO_ROOT, SOURCE_NOTEBOOK
 from solution import source as reference
 
-ASSIGNMENT_DIR = Path(__file__).resolve().parent
-REPO_ROOT = ASSIGNMENT_DIR.parent
-TEXT_SOURCE = ASSIGNMENT_DIR / "rnn_captioning_notebook.py"
-NOTEBOOK = ASSIGNMENT_DIR / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
-POINTS_FILE = REPO_ROOT / "autograder" / "points.toml"
+TEXT_SOURCE = COURSE_DIR / f"{ASSIGNMENT}_notebook.py"
+NOTEBOOK = SOURCE_NOTEBOOK
 
 _CELL_MARKER = re.compile(r"^# %%(?: \[(?P<kind>\w+)\](?P<args>.*))?$")
 _PLACEHOLDER = re.compile(r"^(?P<indent>\s*)expected_(?P<name>\w+) = EXPECTED$", re.MULTILINE)
 
 
-def parse_cells(text: str) -> list[tuple[str, list[str], str]]:
-    """Split the text source into (kind, args, body) cells; the header before the first
-    marker is dropped. kind is "code", "markdown", "imports", "provided" or "unit"."""
-    cells, current = [], None
-    for line in text.splitlines():
-        match = _CELL_MARKER.match(line)
+def source_blocks(text: str) -> list[tuple[str, list[str], str]]:
+    """The text source as (kind, args, block) in order, block being the cell's text with its
+    marker line, so that joining the blocks gives the text back. The first block, kind
+    "header", is what precedes the first marker; then kind is "code", "markdown",
+    "imports", "provided" or "unit"."""
+    blocks = [("header", [], [])]
+    for line in text.splitlines(keepends=True):
+        match = _CELL_MARKER.match(line.rstrip("\r\n"))
         if match:
-            current = (match.group("kind") or "code", (match.group("args") or "").split(), [])
-            cells.append(current)
-        elif current is not None:
-            current[2].append(line)
+            blocks.append((match.group("kind") or "code", (match.group("args") or "").split(), []))
+        blocks[-1][2].append(line)
+    return [(kind, args, "".join(lines)) for kind, args, lines in blocks]
+
+
+def parse_cells(text: str) -> list[tuple[str, list[str], str]]:
+    """The text source's cells as (kind, args, body), the header dropped; a markdown body
+    loses its comment marks."""
     result = []
-    for kind, args, lines in cells:
-        body = "\n".join(lines).strip("\n")
+    for kind, args, block in source_blocks(text)[1:]:
+        body = "\n".join(block.splitlines()[1:]).strip("\n")
         if kind == "markdown":
             body = "\n".join(re.sub(r"^# ?", "", line) for line in body.splitlines())
         result.append((kind, args, body))
@@ -81,6 +85,13 @@ def unit_points(path: Path | None = None) -> dict[str, int]:
     return {unit: sum(tests.values()) for unit, tests in points.items()}
 
 
+def _tests_of(unit: str) -> str:
+    """The unit's tests and their points, as a grade cell lists them: "forward (4), ..."."""
+    with open(POINTS_FILE, "rb") as f:  # already checked by unit_points
+        tests = tomllib.load(f)[unit]
+    return ", ".join(f"{test.replace('_', ' ')} ({points})" for test, points in tests.items())
+
+
 def _nbgrader(grade_id: str, *, solution=False, grade=False, locked=False, points=None) -> dict:
     meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3,
             "solution": solution, "task": False}
@@ -105,7 +116,7 @@ def build_notebook(text: str | None = None) -> nbformat.NotebookNode:
         if kind == "markdown":
             cells.append(nbformat.v4.new_markdown_cell(body))
         elif kind == "code":
-            cells.append(nbformat.v4.new_code_cell(body))
+            cells.append(nbformat.v4.new_code_cell(body.replace("UNIT_POINTS", repr(points))))
         elif kind == "imports":
             cells.append(nbformat.v4.new_code_cell(f"{imports}\n{body}"))
         elif kind == "provided":
@@ -117,8 +128,9 @@ def build_notebook(text: str | None = None) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_code_cell(
                 reference.unit_source(unit), metadata=_nbgrader(unit, solution=True)))
             cells.append(nbformat.v4.new_code_cell(
-                f"# Autograded: {unit} earns up to {points[unit]} points, tested on hidden inputs by\n"
-                "# the course's grader. This cell does nothing; leave it as it is.",
+                f"# Autograded: {unit} earns up to {points[unit]} points from the course's grader, which\n"
+                f"# runs its tests on hidden inputs: {_tests_of(unit)}.\n"
+                "# This cell does nothing; leave it as it is.",
                 metadata=_nbgrader(f"{unit}_autograded", grade=True, locked=True, points=points[unit])))
         else:
             raise ValueError(f"unknown cell kind [{kind}]")
@@ -183,11 +195,8 @@ def fill_expected(text: str) -> str:
 
     helpers.check_close = helpers.check_equal = record
     out_cells = []
-    for block in re.split(r"(?m)^(?=# %%)", text):
-        match = _CELL_MARKER.match(block.splitlines()[0]) if block.startswith("# %%") else None
-        kind = (match.group("kind") or "code") if match else "header"
-        args = (match.group("args") or "").split() if match else []
-        body = block.split("\n", 1)[1] if match else block
+    for kind, args, block in source_blocks(text):
+        body = block.split("\n", 1)[1] if kind != "header" and "\n" in block else ""
         if kind == "imports":
             exec(imports + "\n" + "\n".join(line for line in body.splitlines() if not line.startswith("%")), namespace)
             namespace.update(check_close=record, check_equal=record)

@@ -7,6 +7,7 @@
 #   # %% [provided] A B ...  a read-only cell with definitions A, B, ... of solution/captioning.py
 #   # %% [unit] NAME         the solution cell of graded unit NAME (its code comes from
 #                            solution/captioning.py), followed by its autograded grade cell
+# In code cells, UNIT_POINTS becomes {unit: its points} from autograder/points.toml.
 # Expected values in the checks were computed once with the reference solution on these
 # fixed inputs; tests/test_notebook.py fails if the reference ever disagrees with them.
 
@@ -27,9 +28,13 @@
 # 5. scaled dot-product attention over the 4x4 grid, and an attention LSTM.
 #
 # **Rules.**
-# * Write your code only between the lines `# YOUR CODE HERE` and the end of its cell, in
-#   place of `raise NotImplementedError()`. Do not rename functions, classes, arguments or
-#   parameters: the grader calls them by name and loads weights into your model by name.
+# * Write your code in place of each `raise NotImplementedError()`, between its
+#   `# YOUR CODE HERE` and the end of that function or method (a cell may hold several).
+#   Do not rename functions, classes, arguments or parameters: the grader calls them by
+#   name and loads weights into your model by name.
+# * New tensors take the dtype and device of the inputs (`torch.zeros_like(x)`, or
+#   `x.new_zeros(N, D)`): `torch.zeros(N, D)` is float32 on the CPU, and the grader, which
+#   works in float64, counts a float32 output as wrong. The visible checks say so too.
 # * Do not use `torch.nn.RNN`, `LSTM`, `GRU`, their `*Cell`s, `nn.MultiheadAttention`,
 #   `F.scaled_dot_product_attention`, or any other built-in recurrent cell, attention or
 #   transformer (`torch.ops.aten...`, `torch.ao.nn...`): the point is to write them. Write
@@ -682,4 +687,4 @@ for image in [small_images[0], data["val_images"][0]]:
 # numerically. Visible checks that pass here are a necessary condition, not a sufficient one.
 
 # %%
-helpers.check_summary();
+helpers.check_summary(UNIT_POINTS);

@@ -11,6 +11,8 @@
     python -m autograder slurm COURSE_DIR --shards N ...       (see autograder/cluster/)
     python -m autograder kubernetes COURSE_DIR --shards N ...
     python -m autograder classroom results.json            (GitHub Classroom's payload)
+    python -m autograder similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]
+                                          (which submissions look alike; see similarity.py)
 
 SUBMISSION is a notebook, or a folder: then the notebook in it is chosen by the rule of
 autograder/submission.py (rnn_captioning.ipynb, else the only notebook; never one in
@@ -34,7 +36,6 @@ no result is missing (nbgrader would grade the missing ones itself).
 """
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -43,43 +44,24 @@ from pathlib import Path
 from autograder import DATA_FILE
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    grade_cmd = commands.add_parser("grade", help="grade one submitted notebook")
-    grade_cmd.add_argument("notebook", type=Path)
-    grade_cmd.add_argument("--results", type=Path, default=Path("results.json"))
-    grade_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    grade_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    grade_cmd.add_argument("--allow-unsandboxed", action="store_true",
-                           help="grade even where bubblewrap cannot run (weaker isolation; "
-                                "the results say so)")
-    batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
-    batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
-    batch_cmd.add_argument("--jobs", type=int, default=1,
-                           help="submissions graded at once (0: one at a time in this process, "
-                                "for debugging)")
-    batch_cmd.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    batch_cmd.add_argument("--data", type=Path, default=DATA_FILE)
-    batch_cmd.add_argument("--allow-unsandboxed", action="store_true")
-    batch_cmd.add_argument("--force", action="store_true",
-                           help="grade every submission again (ignore every stored result)")
-    batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
-                           help="grade this student's submission again (repeatable)")
-    batch_cmd.add_argument("--shard", type=shard_argument, metavar="I/N",
-                           help="grade only the I-th (from 0) of N slices of the class; /N: I from "
-                                "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX")
-    add_merge_command(commands)
+    add_grading_commands(commands)
     from autograder import cluster
 
     cluster.add_commands(commands)
     classroom_cmd = commands.add_parser(
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
+    add_similarity_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "similarity":
+        return run_similarity(args)
     if args.command == "classroom":
+        from autograder.reports import classroom_payload
+
         print(classroom_payload(json.loads(args.results.read_text())))
         return 0
     if hasattr(args, "run"):  # the cluster's commands write files; they grade nothing
@@ -87,12 +69,43 @@ def main(argv=None) -> int:
     if not args.data.is_file():
         print(f"error: the data file {args.data} is missing: run `make data`", file=sys.stderr)
         return 2
-    if args.command == "batch":
-        return run_batch(args)
-    if args.command == "merge":
-        return run_merge(args)
+    return {"batch": run_batch, "merge": run_merge}.get(args.command, run_grade)(args)
 
-    return run_grade(args)
+
+def add_grading_commands(commands) -> None:
+    """`grade`, `batch` and `merge`: the commands that grade, or read what was graded."""
+    grade_cmd = commands.add_parser("grade", help="grade one submitted notebook")
+    grade_cmd.add_argument("notebook", type=Path)
+    grade_cmd.add_argument("--results", type=Path, default=Path("results.json"))
+    batch_cmd = commands.add_parser("batch", help="grade every submission of a course directory")
+    batch_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    batch_cmd.add_argument("--jobs", type=int, default=1,
+                           help="submissions graded at once (0: one at a time in this process, "
+                                "for debugging)")
+    batch_cmd.add_argument("--force", action="store_true",
+                           help="grade every submission again (ignore every stored result)")
+    batch_cmd.add_argument("--student", action="append", default=[], metavar="ID",
+                           help="grade this student's submission again (repeatable)")
+    batch_cmd.add_argument("--shard", type=shard_argument, metavar="I/N",
+                           help="grade only the I-th (from 0) of N slices of the class; /N: I from "
+                                "$SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX")
+    for command in (grade_cmd, batch_cmd):
+        command.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+        command.add_argument("--data", type=Path, default=DATA_FILE)
+        command.add_argument("--allow-unsandboxed", action="store_true",
+                             help="grade even where bubblewrap cannot run (weaker isolation; "
+                                  "the results say so)")
+    add_merge_command(commands)
+
+
+def add_similarity_command(commands) -> None:
+    """`similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]` (autograder/similarity.py)."""
+    similarity_cmd = commands.add_parser(
+        "similarity", help="which submissions look alike: an HTML report and a CSV, for a person to review")
+    similarity_cmd.add_argument("course", type=Path, help="the nbgrader course directory (assignment/)")
+    similarity_cmd.add_argument("--reference-corpus", type=Path, metavar="DIR",
+                                help="known public solutions (.py, .ipynb) to compare every submission with")
+    similarity_cmd.add_argument("--out", type=Path, help="where to write (default COURSE_DIR/similarity/)")
 
 
 NOT_GRADED_EXIT = 3
@@ -120,56 +133,79 @@ def shard_argument(spec: str):
 
 
 def run_grade(args) -> int:
+    """Grades one submission (the grade command); returns the exit status."""
     if not args.notebook.exists():
         print(f"error: {args.notebook} does not exist (give the path of a submitted notebook, "
               "or of a folder holding one)", file=sys.stderr)
         return 2
     from autograder import sandbox
-    from autograder.workers import Workers
+    from autograder.submission_sandbox import SubmissionSandbox
 
     # The sandbox starts first: its torch import runs beside this process's own.
-    workers = None
+    started = None
     if sandbox.sandbox_status()[0] or args.allow_unsandboxed:
-        workers = Workers(args.allow_unsandboxed)
+        started = SubmissionSandbox(args.allow_unsandboxed)
     try:
         from autograder import batch
-        from autograder.grade import GraderError, grade, table, write_results
+        from autograder.grade import GraderError
+        from autograder.reports import write_results
         from autograder.submission import NOTEBOOK_NAME, find_notebook
 
         try:
             batch.check_points()
             coco = batch.load_data(args.data)
-            note = ""
-            notebook = args.notebook
-            if notebook.is_dir():
-                notebook, note = find_notebook(notebook, NOTEBOOK_NAME)
-            if notebook is None:  # the student's problem: a 0 with the reason
-                available, why = sandbox.sandbox_status()
-                if not available and not args.allow_unsandboxed:
-                    raise GraderError(f"cannot sandbox student code: {why}")
-                result = batch.nothing_to_grade(note, args.device)
-                result.mode = "bwrap" if available else "unsandboxed"
-            else:
-                result = batch.with_note(grade(notebook, coco=coco, device=args.device,
-                                               allow_unsandboxed=args.allow_unsandboxed,
-                                               workers=workers), note)
+            notebook, note = (find_notebook(args.notebook, NOTEBOOK_NAME) if args.notebook.is_dir()
+                              else (args.notebook, ""))
+            result = _grade_found(notebook, note, coco, args, started)
         except GraderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:  # a bug of the grader on this submission: not the student's
-            import traceback
-
-            result = batch.not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
-                                      f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]},
-                                      args.device)
+            result = _grader_failure(exc, args.device)
         try:
             write_results(result, args.results)
         except OSError as exc:
             print(f"error: cannot write {args.results}: {exc.strerror}", file=sys.stderr)
             return 2
     finally:
-        if workers is not None:
-            workers.close()
+        if started is not None:
+            started.close()
+    return _report(result, args.results)
+
+
+def _grade_found(notebook: Path | None, note: str, coco, args, started):
+    """The result of the notebook found in the submission, or, when none was (notebook None), a
+    0 saying why; GraderError when student code cannot be sandboxed."""
+    from autograder import batch, sandbox
+    from autograder.grade import GraderError, grade
+
+    if notebook is None:  # the student's problem: a 0 with the reason
+        available, why = sandbox.sandbox_status()
+        if not available and not args.allow_unsandboxed:
+            raise GraderError(f"cannot sandbox student code: {why}")
+        result = batch.nothing_to_grade(note, args.device)
+        result.mode = "bwrap" if available else "unsandboxed"
+        return result
+    return batch.with_note(grade(notebook, coco=coco, device=args.device,
+                                 allow_unsandboxed=args.allow_unsandboxed, started=started), note)
+
+
+def _grader_failure(exc: Exception, device: str):
+    """The NOT GRADED result of the grader failing with exc (call it while exc is handled: its
+    traceback goes into the result)."""
+    import traceback
+
+    from autograder import batch
+
+    return batch.not_graded(f"the grader failed on this submission ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})", {"traceback": traceback.format_exc()[-4000:]}, device)
+
+
+def _report(result, results_path: Path) -> int:
+    """Prints the result's table (and, when NOT GRADED, why); returns the exit status."""
+    from autograder import batch
+    from autograder.reports import table
+
     text = table(result)
     if batch.is_not_graded(result):
         reason = batch.not_graded_reason(result).removeprefix("NOT GRADED: ")
@@ -177,21 +213,11 @@ def run_grade(args) -> int:
             text = f"NOT GRADED: {reason}\n{text}"
         print(text)
         print(f"NOT GRADED: {reason}. No score was recorded; grade again. Diagnostics: "
-              f"{args.results} (extra_data)", file=sys.stderr)
+              f"{results_path} (extra_data)", file=sys.stderr)
         return NOT_GRADED_EXIT
     print(text)
-    print(f"results written to {args.results}")
+    print(f"results written to {results_path}")
     return 0
-
-
-def classroom_payload(results: dict) -> str:
-    """GitHub Classroom's grading reporter reads a runner's result as base64-encoded JSON."""
-    tests = [{"name": t["name"], "status": "pass" if t["score"] == t["max_score"] else "fail",
-              "score": t["score"], "message": t["output"], "test_code": "", "filename": "",
-              "line_no": 0, "execution_time": ""} for t in results["tests"]]
-    payload = {"version": 1, "max_score": results["max_score"], "tests": tests,
-               "status": "pass" if results["score"] == results["max_score"] else "fail"}
-    return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
 def run_batch(args) -> int:
@@ -223,6 +249,28 @@ def run_batch(args) -> int:
         print("NOT GRADED submissions have no score: run the batch again (it grades them again), "
               "or see README, 'When something goes wrong'", file=sys.stderr)
         return NOT_GRADED_EXIT
+    return 0
+
+
+def run_similarity(args) -> int:
+    """The similarity report of a class: 0 when written, 2 when it cannot be (no such
+    folder, an unwritable output)."""
+    from autograder.similarity import similarity_report
+
+    for folder, what in ((args.course, "course directory"), (args.reference_corpus, "reference corpus")):
+        if folder is not None and not folder.is_dir():
+            print(f"error: the {what} {folder} is not a folder", file=sys.stderr)
+            return 2
+    try:
+        report = similarity_report(args.course, args.reference_corpus, args.out)
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    unread = sum(1 for s in report.students if s.problem)
+    print(f"{len(report.students) - unread} submissions compared ({unread} not), {len(report.pairs)} pairs; "
+          f"similarity is evidence to review, never a verdict")
+    for path in report.files:
+        print(path)
     return 0
 
 

@@ -39,10 +39,10 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from autograder import REPO_ROOT, checks, grade, workers
-from autograder.submission import NOTEBOOK_NAME, SubmissionError, find_notebook, read_solution_cells
+from autograder import (ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, checks, grade, sandbox, submission_sandbox,
+                        write_atomically)
+from autograder.submission import SubmissionError, find_notebook, read_solution_cells
 
-ASSIGNMENT = "rnn_captioning"
 NOTEBOOK = NOTEBOOK_NAME
 RESULTS_DIR = "grader_results"
 CLASS_CSV = "class_results.csv"
@@ -242,9 +242,8 @@ class ResultStore:
         path = self.dir / f"{student}.json"
         entry = {"key": key, "result": result_to_dict(result)}
         stored = {"not_graded": entry} if is_not_graded(result) else entry
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stored, indent=1))
-        os.replace(tmp, path)
+        with write_atomically(path) as f:
+            f.write(json.dumps(stored, indent=1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,6 +463,7 @@ def merge_class(course_dir: Path, *, data: Path, device: str = "cpu") -> dict[st
 # What one job can hold at once: its sandbox's memory limit and the grader process itself
 # (torch, the data, the reference's computations: about 0.7 GiB measured).
 GRADER_PROCESS_BYTES = 1 << 30
+JOB_MEMORY_BYTES = sandbox.Limits().memory_bytes + GRADER_PROCESS_BYTES
 
 
 def physical_memory() -> int:
@@ -475,7 +475,7 @@ def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[in
     its sandbox's memory limit and a grader process; under cuda, the GPU's memory fractions
     of all jobs together must stay below the whole GPU."""
     memory = physical_memory() if memory is None else memory
-    each = workers.SANDBOX_LIMITS["memory_bytes"] + GRADER_PROCESS_BYTES
+    each = JOB_MEMORY_BYTES
     fit = max(1, memory // each)
     reasons = []
     if jobs > fit:
@@ -483,9 +483,9 @@ def jobs_that_fit(jobs: int, device: str, memory: int | None = None) -> tuple[in
                        f"each: the sandbox's limit and the grader) and this machine has "
                        f"{memory / 2**30:.0f} GiB")
     if device == "cuda":
-        gpu_fit = max(1, int(1 / workers.CUDA_MEMORY_FRACTION) - 1)
+        gpu_fit = max(1, int(1 / submission_sandbox.CUDA_MEMORY_FRACTION) - 1)
         if min(jobs, fit) > gpu_fit:
-            reasons.append(f"each job's units may hold {workers.CUDA_MEMORY_FRACTION:.0%} of the "
+            reasons.append(f"each job's units may hold {submission_sandbox.CUDA_MEMORY_FRACTION:.0%} of the "
                            f"GPU's memory, so at most {gpu_fit} jobs fit on it")
             fit = min(fit, gpu_fit)
     if jobs <= fit:
@@ -547,8 +547,7 @@ def write_class_csv(path: Path, outcomes: dict[str, grade.GradeResult]) -> None:
     every test's points, the sandbox mode, and the notes (what was graded, or why not)."""
     points = checks.load_points()
     columns = [f"{unit}.{test}" for unit, tests in points.items() for test in tests]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with write_atomically(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "status", "score", "max_score", *columns, "sandbox", "notes"])
         for student in sorted(outcomes):
@@ -561,4 +560,3 @@ def write_class_csv(path: Path, outcomes: dict[str, grade.GradeResult]) -> None:
                 writer.writerow([student, "graded", outcome.score, outcome.max_score,
                                  *[by_test.get(c, "") for c in columns], outcome.mode,
                                  "; ".join(outcome.notes)])
-    os.replace(tmp, path)

@@ -1,9 +1,10 @@
 """The grader's tests: hidden inputs, the reference's outputs on them, and the comparison.
 
-Every (unit, test) of ``points.toml`` has here a generator of cases (hidden inputs drawn
-from a seed the student cannot predict) and tolerances. The expected outputs come from the
-reference solution, run in the grader's own process through the same runner the worker uses
-(``runners.py``); hand-written backward passes are also compared with numeric gradients.
+Every (unit, test) of ``points.toml`` is declared once in ``graded_tests.py`` (its cases,
+its runner, its tolerance); this module checks the two agree, draws each test's cases from
+a seed the student cannot predict, and runs the reference on them in the grader's own
+process through the same runner the worker uses. Hand-written backward passes are also
+compared with numeric gradients.
 
 Tolerances (relative error max|a - b| / max(|a| + |b|), all in float64, TF32 off):
 * outputs and autograd gradients against the reference: below 1e-6 (correct variants differ
@@ -17,8 +18,6 @@ import hashlib
 import importlib.metadata
 import io
 import math
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,28 +25,39 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autograder import DATA_FILE, runners
+from autograder import DATA_FILE, POINTS_FILE, graded_tests, write_atomically
+from autograder.graded_tests import NUMERIC_STEP, NUMERIC_TOLERANCE, OUTPUT_TOLERANCE, Draw
 from solution import captioning as reference
 
-POINTS_FILE = Path(__file__).with_name("points.toml")
 # The grader's image encoder: torchvision's RegNet-X 400MF with its own initialisation, seeded
 # (features of a sensible scale, so that the image really shapes h0). Its features of the val
 # images are computed once and kept here, so that grading never imports torchvision.
 ENCODER_SEED = 0
 FEATURES_CACHE = DATA_FILE.with_name("encoder_features.pt")
-FORWARD_TOL = 1e-6
-NUMERIC_TOL = 1e-5
-NUMERIC_STEP = 1e-6
 CAPTION_MODEL = dict(wordvec_dim=16, hidden_dim=12, max_length=8)
 
 
 def load_points() -> dict[str, dict[str, int]]:
+    """{unit: {test: points}} of points.toml, checked: 100 in all, every test declared."""
     with open(POINTS_FILE, "rb") as f:
         points = tomllib.load(f)
     total = sum(sum(tests.values()) for tests in points.values())
     if total != 100:
         raise ValueError(f"{POINTS_FILE} sums to {total}, not 100")
+    check_declarations(points, graded_tests.GRADED_TESTS)
     return points
+
+
+def check_declarations(points: dict, declared: dict) -> None:
+    """ValueError unless points.toml and graded_tests.py name the same (unit, test) pairs."""
+    listed = {(unit, test) for unit, tests in points.items() for test in tests}
+    undeclared, unlisted = sorted(listed - set(declared)), sorted(set(declared) - listed)
+    if undeclared or unlisted:
+        raise ValueError(
+            "points.toml and autograder/graded_tests.py disagree: "
+            + "; ".join(filter(None, [
+                undeclared and "no @graded_test for " + ", ".join(f"{u}.{t}" for u, t in undeclared),
+                unlisted and "no points for " + ", ".join(f"{u}.{t}" for u, t in unlisted)])))
 
 
 @dataclass
@@ -61,104 +71,15 @@ class Case:
 
 
 @dataclass
-class Test:
+class HiddenTest:
+    """A graded test (graded_tests.py) with its hidden cases drawn and the reference's outputs."""
+
     unit: str
     name: str
     points: int
     cases: list[Case]
-    options: dict | None = None  # passed to the runner (the captioner's settings)
-
-
-# ---------------------------------------------------------------------------------------
-# Hidden inputs
-# ---------------------------------------------------------------------------------------
-
-
-class _Draw:
-    """float64 / int64 tensors from one seeded generator."""
-
-    def __init__(self, seed: int):
-        self.g = torch.Generator().manual_seed(seed)
-
-    def randn(self, *shape, scale=1.0):
-        return torch.randn(*shape, generator=self.g, dtype=torch.float64) * scale
-
-    def randint(self, high, *shape):
-        return torch.randint(0, high, shape, generator=self.g)
-
-
-def _rnn_step_inputs(d: _Draw, N, D, H):
-    return dict(x=d.randn(N, D), prev_h=d.randn(N, H), Wx=d.randn(D, H, scale=0.5),
-                Wh=d.randn(H, H, scale=0.5), b=d.randn(H))
-
-
-def _rnn_inputs(d: _Draw, N, T, D, H):
-    return dict(x=d.randn(N, T, D), h0=d.randn(N, H), Wx=d.randn(D, H, scale=0.5),
-                Wh=d.randn(H, H, scale=0.5), b=d.randn(H))
-
-
-def _lstm_params(d: _Draw, D, H, attention=False):
-    params = {"param.Wx": d.randn(D, 4 * H, scale=0.5), "param.Wh": d.randn(H, 4 * H, scale=0.5),
-              "param.b": d.randn(4 * H)}
-    if attention:
-        params["param.Wattn"] = d.randn(H, 4 * H, scale=0.5)
-    return params
-
-
-def _cases(unit: str, test: str, d: _Draw) -> list[tuple[str, dict]]:
-    """(label, inputs) of every case of a test; shapes include N = 1 and T = 1."""
-    if unit == "rnn_step_forward":
-        return [(f"N={N}, D={D}, H={H}", _rnn_step_inputs(d, N, D, H)) for N, D, H in [(1, 3, 4), (4, 5, 6), (3, 8, 5)]]
-    if unit == "rnn_step_backward":
-        return [(f"N={N}, D={D}, H={H}", {**_rnn_step_inputs(d, N, D, H), "dnext_h": d.randn(N, H)})
-                for N, D, H in [(1, 3, 4), (4, 5, 6)]]
-    if unit == "rnn_forward":
-        return [(f"N={N}, T={T}, D={D}, H={H}", _rnn_inputs(d, N, T, D, H))
-                for N, T, D, H in [(1, 1, 3, 4), (3, 5, 4, 6), (2, 2, 6, 3)]]
-    if unit == "rnn_backward":
-        return [(f"N={N}, T={T}, D={D}, H={H}", {**_rnn_inputs(d, N, T, D, H), "dh": d.randn(N, T, H)})
-                for N, T, D, H in [(1, 1, 3, 4), (3, 4, 5, 6)]]
-    if unit == "WordEmbedding":
-        shapes = [(1, 1, 7, 3), (3, 6, 5, 4)]  # few words, so that indices repeat
-        cases = []
-        for N, T, V, D in shapes:
-            inputs = {"param.W_embed": d.randn(V, D), "x": d.randint(V, N, T)}
-            if test == "gradient":
-                inputs["dout"] = d.randn(N, T, D)
-            cases.append((f"N={N}, T={T}, V={V}, D={D}", inputs))
-        return cases
-    if unit == "temporal_softmax_loss":
-        cases = []
-        for N, T, V in [(1, 1, 5), (4, 6, 9), (3, 2, 12)]:
-            inputs = {"x": d.randn(N, T, V, scale=2.0), "y": d.randint(V, N, T)}
-            if test != "loss":
-                inputs["y"][0, -1] = 0  # at least one ignored timestep
-                inputs["ignore_index"] = torch.tensor(0)
-            cases.append((f"N={N}, T={T}, V={V}", inputs))
-        return cases
-    if unit == "LSTM":
-        if test == "step_forward":
-            return [(f"N={N}, D={D}, H={H}", {**_lstm_params(d, D, H), "x": d.randn(N, D),
-                     "prev_h": d.randn(N, H), "prev_c": d.randn(N, H)}) for N, D, H in [(1, 3, 4), (4, 5, 6)]]
-        shapes = [(1, 1, 3, 4), (3, 5, 4, 6)] if test == "forward" else [(2, 4, 3, 5)]
-        return [(f"N={N}, T={T}, D={D}, H={H}", {**_lstm_params(d, D, H), "x": d.randn(N, T, D),
-                 "h0": d.randn(N, H), **({"dout": d.randn(N, T, H)} if test == "gradients" else {})})
-                for N, T, D, H in shapes]
-    if unit == "dot_product_attention":
-        shapes = [(1, 3), (4, 6), (2, 8)] if test == "forward" else [(3, 5)]
-        return [(f"N={N}, H={H}", {"prev_h": d.randn(N, H), "A": d.randn(N, H, 4, 4),
-                 **({"dattn": d.randn(N, H), "dweights": d.randn(N, 4, 4)} if test == "gradients" else {})})
-                for N, H in shapes]
-    if unit == "AttentionLSTM":
-        if test == "step_forward":
-            return [(f"N={N}, D={D}, H={H}", {**_lstm_params(d, D, H, True), "x": d.randn(N, D),
-                     "prev_h": d.randn(N, H), "prev_c": d.randn(N, H), "attn": d.randn(N, H)})
-                    for N, D, H in [(1, 3, 4), (3, 5, 6)]]
-        shapes = [(1, 1, 3, 4), (2, 4, 5, 6)] if test == "forward" else [(2, 3, 4, 5)]
-        return [(f"N={N}, T={T}, D={D}, H={H}", {**_lstm_params(d, D, H, True), "x": d.randn(N, T, D),
-                 "A": d.randn(N, H, 4, 4), **({"dout": d.randn(N, T, H)} if test == "gradients" else {})})
-                for N, T, D, H in shapes]
-    raise KeyError(f"no cases for {unit}.{test}")
+    shared: dict = field(default_factory=dict)  # what every case shares (JSON: the captioner's settings)
+    tolerance: float = OUTPUT_TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,10 +112,8 @@ def encoder_features(coco: dict, cache: Path = FEATURES_CACHE) -> torch.Tensor:
     blob = features_file(coco)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
-        with os.fdopen(handle, "wb") as f:
+        with write_atomically(cache, "wb") as f:
             f.write(blob)
-        os.replace(temporary, cache)
     except OSError:
         pass
     return torch.load(io.BytesIO(blob), weights_only=True)["features"]
@@ -214,8 +133,8 @@ def features_file(coco: dict) -> bytes:
 @contextlib.contextmanager
 def _encoder_passes_features():
     """Reference captioners built inside take precomputed features for images, as the
-    sandbox's do (runners.PrecomputedFeatures): no torchvision, no encoder weights."""
-    original, reference.ImageEncoder = reference.ImageEncoder, runners.PrecomputedFeatures
+    sandbox's do (graded_tests.PrecomputedFeatures): no torchvision, no encoder weights."""
+    original, reference.ImageEncoder = reference.ImageEncoder, graded_tests.PrecomputedFeatures
     try:
         yield
     finally:
@@ -231,7 +150,7 @@ class CaptionerFixture:
         self.features = encoder_features(coco)  # (N_val, 400, 4, 4), indexed like val_images
         self._bases = {}  # cell type -> a reference captioner whose weights get redrawn
 
-    def cases(self, test: str, d: _Draw) -> tuple[list[tuple[str, dict]], dict]:
+    def cases(self, test: str, d: Draw) -> tuple[list[tuple[str, dict]], dict]:
         cell_type = test.split("_", 1)[1]
         options = dict(word_to_idx=self.word_to_idx, cell_type=cell_type,
                        ignore_index=self.word_to_idx["<NULL>"], **CAPTION_MODEL)
@@ -336,57 +255,49 @@ def reference_namespace() -> dict:
     return vars(reference)
 
 
-def _numeric_gradients(unit: str, inputs: dict) -> dict[str, torch.Tensor]:
-    """Centred differences of the reference forward, for the hand-written backward tests."""
-    if unit == "rnn_step_backward":
-        names, upstream = ["x", "prev_h", "Wx", "Wh", "b"], inputs["dnext_h"]
-        forward = lambda v: reference.rnn_step_forward(*[v[n] for n in names])[0]  # noqa: E731
-    else:
-        names, upstream = ["x", "h0", "Wx", "Wh", "b"], inputs["dh"]
-        forward = lambda v: reference.rnn_forward(*[v[n] for n in names])[0]  # noqa: E731
-    values = {n: inputs[n].clone() for n in names}
+def numeric_gradients(numeric: graded_tests.Numeric, inputs: dict) -> dict[str, torch.Tensor]:
+    """Centred differences of the reference forward named by numeric, for the hand-written
+    backward tests: {"d" + arg: a tensor shaped like inputs[arg]}."""
+    forward, upstream = getattr(reference, numeric.forward), inputs[numeric.upstream]
+    values = {n: inputs[n].clone() for n in numeric.args}
+
+    def objective() -> float:
+        return (forward(*[values[n] for n in numeric.args])[0] * upstream).sum().item()
+
     grads = {}
-    for n in names:
+    for n in numeric.args:
         flat, grad = values[n].view(-1), torch.zeros_like(values[n])
         for i in range(flat.numel()):
             old = flat[i].item()
             flat[i] = old + NUMERIC_STEP
-            plus = (forward(values) * upstream).sum().item()
+            plus = objective()
             flat[i] = old - NUMERIC_STEP
-            minus = (forward(values) * upstream).sum().item()
+            minus = objective()
             flat[i] = old
             grad.view(-1)[i] = (plus - minus) / (2 * NUMERIC_STEP)
         grads["d" + n] = grad
     return grads
 
 
-def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[Test]:
-    """Every test of points.toml with its hidden cases and the reference's outputs."""
+def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture) -> HiddenTest:
+    """One test of points.toml: its hidden cases, with the reference's outputs on them."""
+    drawn, shared = declared.cases(Draw(test_seed(seed, declared.unit, declared.name)), fixture)
+    cases = []
+    for label, inputs in drawn:
+        with _encoder_passes_features():
+            expected = declared.run(reference_namespace(), inputs, shared)
+        case = Case(label, inputs, {k: v.detach() for k, v in expected.items()})
+        if declared.numeric is not None:
+            case.numeric = numeric_gradients(declared.numeric, inputs)
+        cases.append(case)
+    return HiddenTest(declared.unit, declared.name, points, cases, shared, declared.tolerance)
+
+
+def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[HiddenTest]:
+    """Every test of points.toml, in its order, with its hidden cases and the reference's outputs."""
     fixture = fixture or CaptionerFixture(coco)
-    namespace = reference_namespace()
-    tests = []
-    for unit, unit_tests in load_points().items():
-        for name, points in unit_tests.items():
-            d = _Draw(test_seed(seed, unit, name))
-            options = None
-            if unit == "CaptioningRNN":
-                raw, options = fixture.cases(name, d)
-            else:
-                raw = _cases(unit, name, d)
-            run = runners.runner(unit, name)
-            cases = []
-            for label, inputs in raw:
-                if options:
-                    with _encoder_passes_features():
-                        expected = run(namespace, inputs, options)
-                else:
-                    expected = run(namespace, inputs)
-                case = Case(label, inputs, {k: v.detach() for k, v in expected.items()})
-                if unit in ("rnn_step_backward", "rnn_backward"):
-                    case.numeric = _numeric_gradients(unit, inputs)
-                cases.append(case)
-            tests.append(Test(unit, name, points, cases, options))
-    return tests
+    return [build_test(graded_tests.GRADED_TESTS[(unit, name)], points, seed, fixture)
+            for unit, unit_tests in load_points().items() for name, points in unit_tests.items()]
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,7 +312,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / (a.abs() + b.abs()).max().clamp(min=1e-30)).item()
 
 
-def compare_output(name: str, actual, expected: torch.Tensor, tol: float = FORWARD_TOL) -> str | None:
+def compare_output(name: str, actual, expected: torch.Tensor, tol: float = OUTPUT_TOLERANCE) -> str | None:
     """Why actual (a numpy array from the worker, or None) is not expected; None if it is."""
     import numpy as np
 
@@ -428,14 +339,14 @@ def compare_output(name: str, actual, expected: torch.Tensor, tol: float = FORWA
     return None
 
 
-def judge_case(case: Case, outputs: dict) -> str | None:
+def judge_case(case: Case, outputs: dict, tolerance: float = OUTPUT_TOLERANCE) -> str | None:
     """The first reason this case fails, or None when every output matches."""
     for name, expected in case.expected.items():
-        reason = compare_output(name, outputs.get(name), expected)
+        reason = compare_output(name, outputs.get(name), expected, tolerance)
         if reason:
             return reason
     for name, numeric in case.numeric.items():
-        reason = compare_output(name, outputs.get(name), numeric, NUMERIC_TOL)
+        reason = compare_output(name, outputs.get(name), numeric, NUMERIC_TOLERANCE)
         if reason:
             return reason.replace(f"output {name}", f"{name} against numeric gradients")
     return None

@@ -553,23 +553,40 @@ def block_for_good(report_fd: int | None = None) -> None:
         return
     _BLOCKED["done"] = True
     prepare()
-    libraries: dict[str, torch.library.Library] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
-        for namespace, name, label, keys in _PLAN["registrations"]:
-            if namespace not in libraries:
-                libraries[namespace] = torch.library.Library(namespace, "IMPL")
-                _FOREVER.append(libraries[namespace])  # a Library removes its kernels when collected
-            raiser = _forbidden_raiser(label)
-            for key in keys:
-                try:
-                    libraries[namespace].impl(name, raiser, key)
-                except Exception as exc:
-                    _BLOCK_FAILURES.append(f"{namespace}::{name} at {key}: {exc}"[:300])
+        _register_raising_kernels()
     for fn, label in _PLAN["functions"]:
         _disable_function(fn, _forbidden_raiser(label))
     for cls, label in _PLAN["classes"]:
         _disable_class(cls, _forbidden_raiser(label))
+    _replace_operator_names()
+    _hook_module_init()
+    sys.meta_path.insert(0, _SweepingFinder())
+
+
+def _register_raising_kernels() -> None:
+    """Registers a raiser for every planned operator at each of its dispatch keys; None."""
+    libraries: dict[str, torch.library.Library] = {}
+    for namespace, name, label, keys in _PLAN["registrations"]:
+        if namespace not in libraries:
+            libraries[namespace] = torch.library.Library(namespace, "IMPL")
+            _FOREVER.append(libraries[namespace])  # a Library removes its kernels when collected
+        _impl_everywhere(libraries[namespace], f"{namespace}::{name}", _forbidden_raiser(label), keys)
+
+
+def _impl_everywhere(library: torch.library.Library, qualified: str, raiser, keys) -> None:
+    """Registers raiser as the kernel of `qualified` ("aten::lstm.input") at each key; None.
+    A key that cannot be registered is kept in _BLOCK_FAILURES rather than stopping the rest."""
+    for key in keys:
+        try:
+            library.impl(qualified.split("::", 1)[1], raiser, key)
+        except Exception as exc:
+            _BLOCK_FAILURES.append(f"{qualified} at {key}: {exc}"[:300])
+
+
+def _replace_operator_names() -> None:
+    """Disables (or, when not Python functions, replaces) the Python names of the operators; None."""
     for owner, label, name in _PLAN["names"]:
         current = getattr(owner, name, None)
         if not _disable_function(current, _forbidden_raiser(f"{label}.{name}")):
@@ -577,8 +594,6 @@ def block_for_good(report_fd: int | None = None) -> None:
                 setattr(owner, name, _forbidden_raiser(f"{label}.{name}"))
             except (TypeError, AttributeError):
                 pass
-    _hook_module_init()
-    sys.meta_path.insert(0, _SweepingFinder())
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,6 +634,22 @@ def refuse_autograd(unit: str = "this unit", report_fd: int | None = None) -> No
     if report_fd is not None:
         _REPORT["fd"] = report_fd
     _import_extras()
+    for public, target in _autograd_functions():
+        _disable_function(target, _autograd_raiser(public, unit))
+    _refuse_engine(unit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        library = torch.library.Library("aten", "IMPL")
+        _FOREVER.append(library)
+        for qualified in _AUTOGRAD_OPS:
+            _impl_everywhere(library, qualified, _autograd_raiser("forward-mode autograd", unit),
+                             _dispatch_keys(qualified))
+    _keep_grad_mode_off(unit)
+
+
+def _autograd_functions():
+    """Yields (public name, function) for each of _AUTOGRAD_FUNCTIONS present, one at a time:
+    functorch is imported only when its turn comes, after torch's functions are disabled."""
     for module_name, attribute in _AUTOGRAD_FUNCTIONS:
         module = sys.modules.get(module_name)
         if module is None and module_name == "functorch":
@@ -635,7 +666,11 @@ def refuse_autograd(unit: str = "this unit", report_fd: int | None = None) -> No
                 public = "torch.Tensor.backward"
             elif module_name.startswith("torch._functorch") and getattr(torch.func, attribute, None) is target:
                 public = f"torch.func.{attribute}"
-            _disable_function(target, _autograd_raiser(public, unit))
+            yield public, target
+
+
+def _refuse_engine(unit: str) -> None:
+    """Replaces the autograd engine (Variable's, and the classes that make one) by raisers; None."""
     engine_raiser = _autograd_raiser("the autograd engine", unit)
     variable = sys.modules["torch.autograd.variable"].Variable
     variable._execution_engine = _RefusedEngine(engine_raiser)
@@ -645,17 +680,10 @@ def refuse_autograd(unit: str = "this unit", report_fd: int | None = None) -> No
             setattr(owner, name, _autograd_raiser(f"torch._C.{name}", unit))
         except (TypeError, AttributeError):
             pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        library = torch.library.Library("aten", "IMPL")
-        _FOREVER.append(library)
-        for qualified in _AUTOGRAD_OPS:
-            raiser = _autograd_raiser("forward-mode autograd", unit)
-            for key in _dispatch_keys(qualified):
-                try:
-                    library.impl(qualified.split("::", 1)[1], raiser, key)
-                except Exception as exc:
-                    _BLOCK_FAILURES.append(f"{qualified} at {key}: {exc}"[:300])
+
+
+def _keep_grad_mode_off(unit: str) -> None:
+    """Turns grad mode off for good: turning it back on raises; None."""
     # No graph is recorded from here on (so no grad_fn to call by hand), and grad mode cannot
     # be turned back on: torch.enable_grad and set_grad_enabled(True) end in _set_grad_enabled.
     set_grad_enabled = torch._C._set_grad_enabled
@@ -694,7 +722,7 @@ _DISMANTLING_MODULES = {
     "multiprocessing": "it runs code outside the grader's process",
     "pty": "it runs code outside the grader's process",
     "forbidden": "it is part of the grader", "worker": "it is part of the grader",
-    "runners": "it is part of the grader", "served": "it is part of the grader",
+    "graded_tests": "it is part of the grader", "served": "it is part of the grader",
     "wire": "it is part of the grader", "autograder": "it is part of the grader",
     "solution": "it is the grader's reference",
 }
@@ -868,6 +896,52 @@ def _judge_autograd_path(path: str) -> str | None:
     return None
 
 
+def _import_aliases(node) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(name, dotted path it stands for)], [star-imported modules]) of an import; ([], []) for
+    any other node."""
+    if isinstance(node, ast.Import):
+        bound = [alias.asname or alias.name.split(".")[0] for alias in node.names]
+        return [(name, alias.name if alias.asname else name) for name, alias in zip(bound, node.names)], []
+    if isinstance(node, ast.ImportFrom):
+        module = ("." * node.level) + (node.module or "")
+        return ([(alias.asname or alias.name, f"{module}.{alias.name}") for alias in node.names if alias.name != "*"],
+                [module for alias in node.names if alias.name == "*"])
+    return [], []
+
+
+def _assigned_values(node) -> list[tuple[list[str], ast.AST]]:
+    """[(names bound, the expression bound to them)] of an assignment (a, b = x, y gives one pair
+    each); [] for any other node."""
+    if isinstance(node, ast.Assign):
+        pairs = []
+        for target in node.targets:
+            if isinstance(target, (ast.Tuple, ast.List)) and isinstance(node.value, (ast.Tuple, ast.List)) \
+                    and len(target.elts) == len(node.value.elts):
+                pairs += [(_bound_names(t), v) for t, v in zip(target.elts, node.value.elts)]
+            else:
+                pairs.append((_bound_names(target), node.value))
+        return pairs
+    if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+        return [(_bound_names(node.target), node.value)]
+    return []
+
+
+def _other_bound_names(node) -> list[str]:
+    """Names a def, class, argument, loop or comprehension target, with-as or except-as binds; []
+    for any other node (imports and assignments are read apart)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+        return _bound_names(node.target)
+    if isinstance(node, ast.withitem) and node.optional_vars is not None:
+        return _bound_names(node.optional_vars)
+    if isinstance(node, ast.ExceptHandler) and node.name:
+        return [node.name]
+    return []
+
+
 def _collect_bindings(cells: list[_Cell], preamble: _Cell):
     """The names of a whole notebook: (aliases bound anywhere, {cell: aliases it binds
     itself}, star-imported modules, {cell: every name it binds}, {cell: names it binds to something that
@@ -877,144 +951,135 @@ def _collect_bindings(cells: list[_Cell], preamble: _Cell):
     stars: list[str] = []
     known: dict[str, set[str]] = {}
     shadowed: dict[str, set[str]] = {}
-    assignments = []  # resolved after imports: (cell name, [(bound names, value)])
+    assignments = []  # resolved after imports: (cell name, bound names, value)
     for cell in [preamble, *cells]:
         mine = own.setdefault(cell.name, {})
         hidden = shadowed.setdefault(cell.name, set())
         bound_here = known.setdefault(cell.name, set())
         for node in cell.nodes:
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    bound = alias.asname or alias.name.split(".")[0]
-                    aliases[bound] = mine[bound] = alias.name if alias.asname else bound
-                    bound_here.add(bound)
-            elif isinstance(node, ast.ImportFrom):
-                module = ("." * node.level) + (node.module or "")
-                for alias in node.names:
-                    if alias.name == "*":
-                        stars.append(module)
-                        continue
-                    bound = alias.asname or alias.name
-                    aliases[bound] = mine[bound] = f"{module}.{alias.name}"
-                    bound_here.add(bound)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            imported, star_modules = _import_aliases(node)
+            for bound, path in imported:
+                aliases[bound] = mine[bound] = path
+                bound_here.add(bound)
+            stars += star_modules
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 hidden.add(node.name)
-                bound_here.add(node.name)
-            elif isinstance(node, ast.Assign):
-                pairs = []
-                for target in node.targets:
-                    if isinstance(target, (ast.Tuple, ast.List)) and isinstance(node.value, (ast.Tuple, ast.List)) \
-                            and len(target.elts) == len(node.value.elts):
-                        pairs += [(_bound_names(t), v) for t, v in zip(target.elts, node.value.elts)]
-                    else:
-                        pairs.append((_bound_names(target), node.value))
-                assignments.append((cell.name, pairs))
-            elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
-                assignments.append((cell.name, [(_bound_names(node.target), node.value)]))
-            elif isinstance(node, ast.arg):
-                bound_here.add(node.arg)
-            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
-                bound_here.update(_bound_names(node.target))
-            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
-                bound_here.update(_bound_names(node.optional_vars))
-            elif isinstance(node, ast.ExceptHandler) and node.name:
-                bound_here.add(node.name)
-    # Assignment aliases (L = nn.LSTM; a, b = torch.nn, F), resolved until nothing changes
-    # (an alias of an alias, possibly made in another cell).
+            bound_here.update(_other_bound_names(node))
+            assignments += [(cell.name, bound, value) for bound, value in _assigned_values(node)]
     resolver = _Resolver(aliases, stars, set().union(*known.values()))
+    _resolve_assignments(assignments, resolver, own, known, shadowed)
+    return aliases, own, stars, known, shadowed
+
+
+def _resolve_assignments(assignments, resolver: _Resolver, own, known, shadowed) -> None:
+    """Adds assignment aliases (L = nn.LSTM; a, b = torch.nn, F) to resolver.aliases and own, and
+    the names assigned to known and, when not a dotted path, to shadowed; None."""
+    # Resolved until nothing changes (an alias of an alias, possibly made in another cell).
     for _ in range(5):
         changed = False
-        for cell_name, pairs in assignments:
-            for bound, value in pairs:
-                path = resolver.path(value)
-                for name in bound:
-                    known[cell_name].add(name)
-                    if path is None:
-                        shadowed[cell_name].add(name)
-                    elif own[cell_name].get(name) != path:
-                        aliases[name] = own[cell_name][name] = path
-                        changed = True
+        for cell_name, bound, value in assignments:
+            path = resolver.path(value)
+            for name in bound:
+                known[cell_name].add(name)
+                if path is None:
+                    shadowed[cell_name].add(name)
+                elif own[cell_name].get(name) != path:
+                    resolver.aliases[name] = own[cell_name][name] = path
+                    changed = True
         if not changed:
             break
-    return aliases, own, stars, known, shadowed
+
+
+def _resolved_paths(cell: _Cell, resolver: _Resolver) -> dict[ast.AST, str]:
+    """{node: dotted path} of every name load, attribute, constant getattr and __dict__ lookup
+    in the cell that resolves to one."""
+    def may_resolve(node) -> bool:
+        if isinstance(node, ast.Name):
+            return isinstance(node.ctx, ast.Load)
+        if isinstance(node, ast.Call):
+            return _is_constant_getattr(node)
+        if isinstance(node, ast.Subscript):
+            return _is_dict_lookup(node)
+        return isinstance(node, ast.Attribute)
+    return {node: path for node in cell.nodes if may_resolve(node) and (path := resolver.path(node)) is not None}
+
+
+def _imported_paths(cell: _Cell) -> list[tuple[ast.AST, str]]:
+    """(import node, dotted path) of each module and name the cell imports (relative imports
+    left out: they cannot reach torch)."""
+    found = []
+    for node in cell.nodes:
+        if isinstance(node, ast.Import):
+            found += [(node, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            module = node.module or ""
+            found += [(node, module if alias.name == "*" else f"{module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _attribute_call_finding(node, resolver: _Resolver) -> str | None:
+    """Why a getattr, setattr or delattr call on torch is not allowed (it changes torch, or its
+    name is computed), or None."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args
+            and node.func.id in ("getattr", "setattr", "delattr") and node.func.id not in resolver.known):
+        return None
+    target = resolver.path(node.args[0])
+    if target is None or target.split(".")[0] not in _LIBRARY_ROOTS:
+        return None
+    if node.func.id != "getattr":
+        return f"{node.func.id} on {_clean(target)} is not allowed in graded code: it changes torch itself"
+    if not _is_constant_getattr(node):
+        return (f"getattr on {_clean(target)} with a computed name is not allowed in graded code: "
+                "the grader cannot tell what it reaches")
+    return None
+
+
+def _dismantling_uses(cell: _Cell, resolver: _Resolver) -> list[tuple[ast.AST, str]]:
+    """(node, text) of each dismantling built-in, introspection attribute, and getattr, setattr
+    or delattr on torch in the cell."""
+    found = []
+    for node in cell.nodes:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id in _DISMANTLING_BUILTINS and node.id not in resolver.known:
+                found.append((node, f"{node.id} is not allowed in graded code: {_DISMANTLING_BUILTINS[node.id]}"))
+        elif isinstance(node, ast.Attribute) and node.attr in _INTROSPECTION_ATTRIBUTES:
+            found.append((node, f"{node.attr} is not allowed in graded code: it reaches into functions, frames "
+                                "or modules behind the grader's back"))
+        elif why := _attribute_call_finding(node, resolver):
+            found.append((node, why))
+    return found
+
+
+_WITHOUT_AUTOGRAD = "is not allowed here: the backward pass must be written by hand, without autograd"
+
+
+def _autograd_uses(cell: _Cell, uses: list[tuple[ast.AST, str]], paths: dict) -> list[tuple[ast.AST, str]]:
+    """(node, text) of each use of autograd: a use of a path under it, or one of its attributes
+    on anything the resolver cannot name (which paths then holds no path for)."""
+    found = [(node, f"{_judge_autograd_path(path)} {_WITHOUT_AUTOGRAD}")
+             for node, path in uses if _judge_autograd_path(path)]
+    found += [(node, f".{node.attr} {_WITHOUT_AUTOGRAD}") for node in cell.nodes
+              if isinstance(node, ast.Attribute) and node.attr in _AUTOGRAD_ATTRIBUTES and node not in paths]
+    return found
 
 
 def _cell_findings(cell: _Cell, resolver: _Resolver,
                    autograd: bool) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """(findings of forbidden and dismantling uses, findings of autograd uses) as (line, text)."""
-    found, autograd_found = [], []
-    paths = {}
-    for node in cell.nodes:
-        if isinstance(node, (ast.Name, ast.Attribute, ast.Call, ast.Subscript)):
-            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-                continue
-            if isinstance(node, ast.Call) and not _is_constant_getattr(node):
-                continue
-            if isinstance(node, ast.Subscript) and not _is_dict_lookup(node):
-                continue
-            path = resolver.path(node)
-            if path is not None:
-                paths[node] = path
-
-    def add(node, text, where=found):
-        where.append((getattr(node, "lineno", 0) or 0, text))
-
-    for node, path in paths.items():
-        parent = cell.parent.get(node)
-        if parent in paths:
-            continue  # only the longest chain is judged: torch.nn.LSTM, not also torch.nn
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            if path.split(".")[0] in _LIBRARY_ROOTS and not path.startswith("torch.backends."):
-                add(node, f"changing {_clean(path)} is not allowed in graded code: it changes torch itself")
-            continue
-        why = _judge_path(path)
-        if why:
-            add(node, why)
-        if autograd and _judge_autograd_path(path):
-            add(node, f"{_judge_autograd_path(path)} is not allowed here: the backward pass must be "
-                      "written by hand, without autograd", autograd_found)
-
-    for node in cell.nodes:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                why = _judge_path(alias.name)
-                if why:
-                    add(node, why)
-                if autograd and _judge_autograd_path(alias.name):
-                    add(node, f"{_judge_autograd_path(alias.name)} is not allowed here: the backward pass "
-                              "must be written by hand, without autograd", autograd_found)
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            for alias in node.names:
-                full = module if alias.name == "*" else f"{module}.{alias.name}"
-                why = _judge_path(full) if node.level == 0 else None
-                if why:
-                    add(node, why)
-                if autograd and node.level == 0 and _judge_autograd_path(full):
-                    add(node, f"{_judge_autograd_path(full)} is not allowed here: the backward pass must "
-                              "be written by hand, without autograd", autograd_found)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id in _DISMANTLING_BUILTINS and node.id not in resolver.known:
-                add(node, f"{node.id} is not allowed in graded code: {_DISMANTLING_BUILTINS[node.id]}")
-        elif isinstance(node, ast.Attribute):
-            if node.attr in _INTROSPECTION_ATTRIBUTES:
-                add(node, f"{node.attr} is not allowed in graded code: it reaches into functions, frames "
-                          "or modules behind the grader's back")
-            elif autograd and node.attr in _AUTOGRAD_ATTRIBUTES and node not in paths:
-                add(node, f".{node.attr} is not allowed here: the backward pass must be written by hand, "
-                          "without autograd", autograd_found)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args \
-                and node.func.id in ("getattr", "setattr", "delattr") and node.func.id not in resolver.known:
-            target = resolver.path(node.args[0])
-            if target is None or target.split(".")[0] not in _LIBRARY_ROOTS:
-                continue
-            if node.func.id != "getattr":
-                add(node, f"{node.func.id} on {_clean(target)} is not allowed in graded code: it changes "
-                          "torch itself")
-            elif not _is_constant_getattr(node):
-                add(node, f"getattr on {_clean(target)} with a computed name is not allowed in graded code: "
-                          "the grader cannot tell what it reaches")
-    return found, autograd_found
+    paths = _resolved_paths(cell, resolver)
+    # Only the longest chain is judged: torch.nn.LSTM, not also torch.nn.
+    longest = [(node, path) for node, path in paths.items() if cell.parent.get(node) not in paths]
+    changes = {node for node, _ in longest if isinstance(node, ast.Attribute)
+               and isinstance(node.ctx, (ast.Store, ast.Del))}
+    uses = [(node, path) for node, path in longest if node not in changes] + _imported_paths(cell)
+    found = [(node, f"changing {_clean(path)} is not allowed in graded code: it changes torch itself")
+             for node, path in longest if node in changes
+             and path.split(".")[0] in _LIBRARY_ROOTS and not path.startswith("torch.backends.")]
+    found += [(node, why) for node, path in uses if (why := _judge_path(path))]
+    found += _dismantling_uses(cell, resolver)
+    autograd_found = _autograd_uses(cell, uses, paths) if autograd else []
+    return ([(getattr(node, "lineno", 0) or 0, text) for node, text in found],
+            [(getattr(node, "lineno", 0) or 0, text) for node, text in autograd_found])
 
 
 def _format(findings: list[tuple[int, str]], prefix: str = "") -> list[str]:

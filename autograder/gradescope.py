@@ -2,7 +2,7 @@
 
     python -m autograder.gradescope --out dist/gradescope_autograder.zip [--sandbox bwrap|unsandboxed]
 
-The zip holds, at its root, setup.sh and run_autograder (from autograder/gradescope/), the
+The zip holds, at its root, setup.sh and run_autograder (from autograder/gradescope_template/), the
 grader, the hidden reference, points, the instructor's secret (so that Gradescope gives the
 same scores as local grading), the pinned requirements and data/coco.pt. Gradescope unpacks
 it into /autograder/source; run_autograder reads /autograder/submission/ and writes
@@ -14,14 +14,13 @@ results then say so): an explicit choice for the instructor, documented in the R
 """
 
 import argparse
-import os
 import sys
 import zipfile
 from pathlib import Path
 
-from autograder import DATA_FILE, REPO_ROOT, batch, checks, grade
+from autograder import DATA_FILE, REPO_ROOT, batch, checks, grade, write_atomically
 
-TEMPLATES = Path(__file__).resolve().parent / "gradescope"
+TEMPLATES = Path(__file__).resolve().parent / "gradescope_template"
 # The grader as the batch's cache key sees it (every *.py and *.toml of autograder/ and
 # solution/: one list, batch.grader_files), and the pinned requirements.
 SOURCE_FILES = batch.grader_files() + ["requirements.txt", "requirements.lock"]
@@ -43,8 +42,7 @@ def build_zip(out: Path, data: Path, sandbox_mode: str = "bwrap") -> Path:
     if sandbox_mode == "unsandboxed":
         run_autograder = run_autograder.replace("SANDBOX_ARGS=()", "SANDBOX_ARGS=(--allow-unsandboxed)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
+    with write_atomically(out, "wb") as f, zipfile.ZipFile(f, "w") as archive:
         _add(archive, "setup.sh", (TEMPLATES / "setup.sh").read_bytes(), executable=True)
         _add(archive, "run_autograder", run_autograder.encode(), executable=True)
         for name in SOURCE_FILES:
@@ -53,7 +51,6 @@ def build_zip(out: Path, data: Path, sandbox_mode: str = "bwrap") -> Path:
         _add(archive, "data/coco.pt", data.read_bytes())
         # The encoder's features, so that no grading there imports torchvision (3 s each).
         _add(archive, "data/" + checks.FEATURES_CACHE.name, checks.features_file(batch.load_data(data)))
-    os.replace(tmp, out)
     return out
 
 

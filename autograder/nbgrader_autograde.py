@@ -45,13 +45,13 @@ from pathlib import Path
 import nbformat
 from traitlets import Bool, Unicode
 
-from autograder import DATA_FILE, REPO_ROOT
-from autograder.submission import (NOTEBOOK_NAME, SubmissionError, cell_grade_id, read_notebook,
+from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, SOURCE_NOTEBOOK, write_atomically
+from autograder.reports import not_graded_text, unit_feedback
+from autograder.submission import (SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
 
 # The grader (batch, grade) is imported where it is used: it imports torch, which nbgrader's
 # other commands (export, generate_feedback, generate_assignment) load this file without.
-ASSIGNMENT = "rnn_captioning"
 GRADE_CELL_SUFFIX = "_autograded"
 NBGRADER_INPUT = "nbgrader_input"  # under the course's grader_results/
 RESULTS_DIR = "grader_results"  # batch.RESULTS_DIR
@@ -63,25 +63,6 @@ try:  # nbgrader is a dependency of the kit, but the grader itself does not need
     from nbgrader.preprocessors import NbGraderPreprocessor
 except ImportError:  # pragma: no cover
     NbGraderPreprocessor = CsvExportPlugin = object
-
-
-def not_graded_text(result) -> str:
-    from autograder import batch
-
-    return (f"NOT GRADED: {batch.not_graded_reason(result).removeprefix('NOT GRADED: ')}\n"
-            "No score was recorded: the grader failed for a reason that is not your code. "
-            "Your instructor will grade this submission again.\n")
-
-
-def unit_feedback(result, unit: str) -> tuple[str, int]:
-    """(the lines shown in a unit's grade cell, the unit's score)."""
-    from autograder import batch
-
-    if batch.is_not_graded(result):
-        return not_graded_text(result), 0
-    tests = [t for t in result.tests if t.unit == unit]
-    lines = [f"{t.test}: {t.score}/{t.max_score}" + (f" - {t.reason}" if t.reason else "") for t in tests]
-    return "\n".join(lines) + "\n", sum(t.score for t in tests)
 
 
 class KitGrader(NbGraderPreprocessor):
@@ -209,12 +190,10 @@ class KitCsvExport(CsvExportPlugin):
         fields = (list(rows[0]) if rows else
                   ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name",
                    "email", "raw_score", "late_submission_penalty", "score", "max_score", "status"])
-        tmp = f"{dest}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with write_atomically(dest, newline="") as f:
             writer = csv.DictWriter(f, fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, dest)
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,7 +204,7 @@ class KitCsvExport(CsvExportPlugin):
 def source_notebook(course_dir: Path) -> nbformat.NotebookNode:
     """The assignment's nbgrader source notebook: the course's, else the kit's."""
     for path in (Path(course_dir) / "source" / ASSIGNMENT / NOTEBOOK_NAME,
-                 REPO_ROOT / "assignment" / "source" / ASSIGNMENT / NOTEBOOK_NAME):
+                 SOURCE_NOTEBOOK):
         if path.is_file():
             return nbformat.read(path, as_version=4)
     raise FileNotFoundError(f"no nbgrader source notebook in {course_dir}/source/{ASSIGNMENT}/")
@@ -249,6 +228,19 @@ def stub_notebook(source: nbformat.NotebookNode, reason: str) -> nbformat.Notebo
         elif meta.get("grade"):
             cells.append(nbformat.v4.new_code_cell(cell.source, metadata={"nbgrader": copy.deepcopy(meta)}))
     return nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(source.metadata))
+
+
+def _restore_grade_cells(cells: list, canonical: dict, seen: set[str], position: dict[str, int]) -> None:
+    """Inserts into cells each grade cell of canonical whose grade_id is not in seen, after its
+    unit's cell (position: grade_id -> index in cells) or at the end; returns None."""
+    # A grade cell the student deleted comes back, so that every unit's score has a cell to go in.
+    for grade_id, cell in canonical.items():
+        if cell.metadata.nbgrader.get("grade") and grade_id not in seen:
+            unit = grade_id.removesuffix(GRADE_CELL_SUFFIX)
+            at = position[unit] + 1 if unit in position else len(cells)
+            cells.insert(at, nbformat.v4.new_code_cell(
+                cell.source, metadata={"nbgrader": copy.deepcopy(cell.metadata.nbgrader)}))
+            position = {g: p + (p >= at) for g, p in position.items()}
 
 
 def normalise(notebook: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -280,15 +272,7 @@ def normalise(notebook: nbformat.NotebookNode, source: nbformat.NotebookNode) ->
                 cell["source"] = (f"# NOT GRADED: a cell above has the same grade_id ({grade_id}); "
                                   "the first one counts.\n" + cell["source"])
         cells.append(cell)
-    # A grade cell the student deleted comes back, after its unit's cell (or at the end),
-    # so that every unit's score has a cell to go in.
-    for grade_id, cell in canonical.items():
-        if cell.metadata.nbgrader.get("grade") and grade_id not in seen:
-            unit = grade_id.removesuffix(GRADE_CELL_SUFFIX)
-            at = position[unit] + 1 if unit in position else len(cells)
-            cells.insert(at, nbformat.v4.new_code_cell(
-                cell.source, metadata={"nbgrader": copy.deepcopy(cell.metadata.nbgrader)}))
-            position = {g: p + (p >= at) for g, p in position.items()}
+    _restore_grade_cells(cells, canonical, seen, position)
     notebook.cells = cells
     ids = [c.get("id") for c in cells]
     if notebook.get("nbformat_minor", 0) >= 5 and len(set(ids)) != len(ids):

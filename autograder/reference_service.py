@@ -9,8 +9,9 @@ input, no expected value.
 
 What a hostile sandbox can make this process do is bounded and deterministic: at most
 MAX_CALLS calls of at most wire.MAX_CALL_ELEMENTS array elements each (every legitimate
-call is far below both), and CPU_SECONDS of this thread's CPU time in all. A frame over
-its bounds ends the service for that sandbox (served.py never sends one).
+call is far below both), and CPU_SECONDS of this thread's CPU time in all, for each served
+unit (AttentionLSTM, CaptioningRNN) each time it runs. A frame over its bounds ends the
+service for that unit (served.py never sends one).
 """
 
 import os
@@ -92,7 +93,7 @@ class ReferenceService:
         self.calls += 1
         if self.calls > MAX_CALLS or self.cpu_seconds > CPU_SECONDS:
             raise _Refused(f"too many calls of the provided functions (at most {MAX_CALLS} calls "
-                           f"and {CPU_SECONDS:.0f} s of the grader's computing per submission)")
+                           f"and {CPU_SECONDS:.0f} s of the grader's computing for this unit)")
         name, op = header.get("name"), header.get("op")
         if name not in self.names or op not in ("forward", "backward"):
             raise _Refused(f"{str(name)[:60]} is not provided here")

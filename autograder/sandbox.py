@@ -45,6 +45,12 @@ _READ_CHUNK = 1 << 16
 _POLL_SECONDS = 0.05  # how often the reading loop checks whether the worker has exited
 _EXIT_GRACE_SECONDS = 1.0  # how long to drain pipes held open by leftovers after the worker exits
 _run_ids = itertools.count()
+# The killed_reason of a run whose worker, or a process above it in the sandbox, was found
+# stopped (SIGSTOP, SIGTSTP...): only code in the sandbox can have sent the signal, and a
+# stopped worker enforces no limit on it.
+WORKER_STOPPED = "the worker was stopped by a process of the sandbox"
+# Under bwrap the worker is the third process below bwrap: the sandbox's pid 1, the reaper, it.
+_BWRAP_DEPTH = 3
 
 # Namespaces and identity under bwrap. --unshare-user is explicit because bwrap run by root
 # would otherwise skip the user namespace (and run the worker as real root).
@@ -52,6 +58,9 @@ _BWRAP_ISOLATION = [
     "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
     "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
 ]
+# How SandboxResult.defences names what bwrap applies.
+_BWRAP_DEFENCE = (f"bwrap: user, pid, net, ipc, uts and cgroup namespaces, uid {SANDBOX_UID}, "
+                  "no capabilities, minimal read-only filesystem")
 # Files of /etc that the dynamic loader and Python read; nothing else of /etc is visible.
 _ETC_FILES = ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"]
 _SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
@@ -59,10 +68,15 @@ _BWRAP_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Run inside the sandbox between bwrap and the worker: it reports the worker's raw wait
 # status on a pipe, because bwrap turns "killed by signal N" into exit code 128 + N.
-# Exec'd, it is dumpable: once the worker runs it closes every descriptor but its own, so
-# that no process of the sandbox can open the worker's pipes through /proc/<reaper>/fd.
+# Exec'd python is dumpable: it makes itself not, so that no process of the sandbox can
+# open its descriptors through /proc/<reaper>/fd (forge its status or stderr), and closes
+# every descriptor but its own once the worker runs (a job pipe held open never ends).
 _REAPER = """\
-import os, sys
+import ctypes, os, sys
+libc = ctypes.CDLL(None)
+if libc.prctl(4, 0, 0, 0, 0) or libc.prctl(3, 0, 0, 0, 0):  # PR_SET_DUMPABLE 0, PR_GET_DUMPABLE
+    sys.stderr.write("reaper: could not make itself non-dumpable; refusing to run")
+    os._exit(125)
 fd = int(sys.argv[1])
 os.set_inheritable(fd, False)
 pid = os.fork()
@@ -81,14 +95,15 @@ os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS
 
 @dataclass(frozen=True)
 class Limits:
-    """What one worker run may use."""
+    """What one worker run may use; the defaults are a grading sandbox's (submission_sandbox.py sets
+    its wall clock from the units it runs)."""
 
     wall_seconds: float = 120.0  # whole run; then everything the worker started is killed
-    cpu_seconds: int = 120  # RLIMIT_CPU, per process
-    memory_bytes: int = 6 << 30  # RLIMIT_DATA per process, and the memory cgroup's limit
+    cpu_seconds: int = 900  # RLIMIT_CPU, per process (a unit's own limit is far lower)
+    memory_bytes: int = 3 << 30  # RLIMIT_DATA per process, and the memory cgroup's limit
     max_processes: int = 64  # tasks (processes and threads!) of the worker: pids.max
     file_size_bytes: int = 64 << 20  # RLIMIT_FSIZE: the largest file the worker can write
-    output_bytes: int = 1 << 20  # stdout + stderr kept; the run is killed at 16 times this
+    output_bytes: int = 64 << 10  # stdout + stderr kept; the run is killed at 16 times this
     tmp_bytes: int = 256 << 20  # size of the sandbox's private /tmp and /dev/shm (tmpfs)
 
 
@@ -172,16 +187,31 @@ def run_worker(argv: list[str], *, workdir: Path | None = None, readonly_dirs=()
         close_passed_fds()
 
 
-def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsandboxed, env,
-                python, pass_fds, on_start, cancel):
+def _checked_paths(workdir, readonly_dirs, readonly_files, python) -> tuple[Path | None, list[Path], Path]:
+    """(workdir or None, the read-only directories then files, python), each checked to exist
+    (workdir and the directories as directories) and made absolute."""
     workdir = None if workdir is None else _existing_dir(workdir)
-    readonly_dirs = [_existing_dir(path) for path in readonly_dirs]
-    readonly_files = [Path(path).resolve(strict=True) for path in readonly_files]
+    readonly = [_existing_dir(path) for path in readonly_dirs]
+    readonly += [Path(path).resolve(strict=True) for path in readonly_files]
     python = Path(python or sys.executable).absolute()  # not resolved: a venv's python is a link
+    return workdir, readonly, python
+
+
+def _sandbox_or_refuse(allow_unsandboxed: bool) -> tuple[bool, str]:
+    """(whether bwrap can run, why not); raises SandboxUnavailable when it cannot and running
+    without it is not allowed."""
     ok, why = sandbox_status()
     if not ok and not allow_unsandboxed:
         raise SandboxUnavailable(f"{why}; pass allow_unsandboxed=True to run the worker without "
                                  "isolation (rlimits and the wall clock still apply)")
+    return ok, why
+
+
+def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsandboxed, env,
+                python, pass_fds, on_start, cancel):
+    """run_worker's SandboxResult; on_start closes the caller's copies of pass_fds."""
+    workdir, readonly, python = _checked_paths(workdir, readonly_dirs, readonly_files, python)
+    ok, why = _sandbox_or_refuse(allow_unsandboxed)
     extra_tasks = 3 if ok else 0  # bwrap, the sandbox's pid 1 and the reaper
     cgroups = _Cgroups(limits, extra_tasks)
     rlimits, defences, missing = _rlimits(limits, cgroups.pids_active, extra_tasks)
@@ -190,9 +220,8 @@ def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsa
         if ok:
             status_read, status_write = os.pipe()
             args_fd, command = _bwrap_arguments(_bwrap_command(
-                python, argv, workdir, readonly_dirs + readonly_files, limits, env, status_write))
-            defences.insert(0, "bwrap: user, pid, net, ipc, uts and cgroup namespaces, uid "
-                               f"{SANDBOX_UID}, no capabilities, minimal read-only filesystem")
+                python, argv, workdir, readonly, limits, env, status_write))
+            defences.insert(0, _BWRAP_DEFENCE)
         else:
             command = [str(python), *argv]
             missing.insert(0, f"filesystem and network isolation: {why}")
@@ -203,18 +232,13 @@ def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsa
                       # bwrap itself starts with next to nothing: the sandbox's pid 1 keeps
                       # bwrap's environment, which its processes can read.
                       env=_BWRAP_ENV if ok else _worker_env(python, env, home=str(workdir)),
-                      pass_fds=tuple(fd for fd in (status_write, args_fd) if ok and fd is not None)
-                      + tuple(pass_fds),
+                      pass_fds=tuple(fd for fd in (status_write, args_fd) if fd is not None) + pass_fds,
                       die_with_parent=not ok, on_start=on_start, cancel=cancel)
         if ok:
             os.close(status_write)
             status_write = None
             result.returncode = _worker_returncode(result.returncode, status_read)
-        result.killed_reason = result.killed_reason or _reason_from_status(result.returncode,
-                                                                           cgroups)
-        result.defences = cgroups.defences + defences
-        result.missing_defences = cgroups.missing + missing + cgroups.cleanup()
-        return result
+        return _completed(result, cgroups, defences, missing)
     finally:
         for fd in (status_read, status_write, args_fd):
             if fd is not None:
@@ -222,6 +246,16 @@ def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsa
         cgroups.cleanup()
         if private_dir is not None:
             remove_tree(private_dir)
+
+
+def _completed(result: SandboxResult, cgroups: _Cgroups, defences: list[str],
+                   missing: list[str]) -> SandboxResult:
+    """result, given the limit that killed it (when it was not killed otherwise) and the lists
+    of defences applied and missing (the cgroups' first; they are removed here)."""
+    result.killed_reason = result.killed_reason or _reason_from_status(result.returncode, cgroups)
+    result.defences = cgroups.defences + defences
+    result.missing_defences = cgroups.missing + missing + cgroups.cleanup()
+    return result
 
 
 def remove_tree(path: Path) -> None:
@@ -540,8 +574,10 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
             os.close(fd)
     on_start()
     cgroups.check_member(proc.pid)
+    depth = _BWRAP_DEPTH if mode == "bwrap" else 0
     try:
-        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel)
+        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel,
+                                                     lambda: _worker_stopped(proc.pid, depth))
     finally:
         _kill(proc, cgroups)  # nothing the worker started outlives the run
         proc.stdout.close()
@@ -554,14 +590,31 @@ def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroup
 
 
 def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _Cgroups,
-             cancel=None):
-    """Read stdout and stderr until both close, the process ends or a limit is hit.
+             cancel=None, stopped=lambda: False):
+    """Read stdout and stderr until both close, the process ends, a limit is hit or
+    ``stopped()`` says the worker was stopped.
 
     Returns (stdout bytes, stderr bytes, truncated, killed_reason or None). Bytes beyond
     ``output_bytes`` (both streams together) are read and dropped, so the worker never
     blocks on a full pipe and the grader's memory stays bounded.
     """
     kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    seen, reason = _read_pipes(proc, kept, limits, deadline, cgroups, cancel, stopped)
+    if reason is not None:
+        return _output(kept, seen, limits, reason)
+    # Pipes closed: wait for the exit itself, still under the wall clock.
+    try:
+        proc.wait(timeout=max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        _kill(proc, cgroups)
+        return _output(kept, seen, limits, "wall-clock limit")
+    return _output(kept, seen, limits, None)
+
+
+def _read_pipes(proc: subprocess.Popen, kept: dict[int, bytearray], limits: Limits, deadline: float,
+                cgroups: _Cgroups, cancel, stopped) -> tuple[int, str | None]:
+    """(bytes read in all, the killed_reason of a kill, or None when the pipes closed or were
+    given up) once reading ends; the first output_bytes read are added to kept."""
     seen = 0
     exited_at = None
     with selectors.DefaultSelector() as selector:
@@ -569,12 +622,10 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             now = time.monotonic()
-            if now >= deadline:
+            reason = _stop_reason(now, deadline, cancel, stopped if exited_at is None else None)
+            if reason is not None:
                 _kill(proc, cgroups)
-                return _output(kept, seen, limits, "wall-clock limit")
-            if cancel is not None and cancel.is_set():
-                _kill(proc, cgroups)
-                return _output(kept, seen, limits, "stopped by the grader")
+                return seen, reason
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
                 _kill(proc, cgroups)  # leftovers holding the pipes open
@@ -590,14 +641,40 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _
                 seen += len(chunk)
                 if seen > OUTPUT_KILL_FACTOR * limits.output_bytes:
                     _kill(proc, cgroups)
-                    return _output(kept, seen, limits, "output limit")
-    # Pipes closed: wait for the exit itself, still under the wall clock.
-    try:
-        proc.wait(timeout=max(deadline - time.monotonic(), 0))
-    except subprocess.TimeoutExpired:
-        _kill(proc, cgroups)
-        return _output(kept, seen, limits, "wall-clock limit")
-    return _output(kept, seen, limits, None)
+                    return seen, "output limit"
+    return seen, None
+
+
+def _stop_reason(now: float, deadline: float, cancel, stopped) -> str | None:
+    """The killed_reason for which the run must end now (the wall clock, the grader's cancel,
+    the worker found stopped), or None. stopped is None once the worker has exited."""
+    if now >= deadline:
+        return "wall-clock limit"
+    if cancel is not None and cancel.is_set():
+        return "stopped by the grader"
+    if stopped is not None and stopped():
+        return WORKER_STOPPED
+    return None
+
+
+def _worker_stopped(pid: int, depth: int) -> bool:
+    """Whether pid, or one of its only children down to ``depth`` levels (the worker), is
+    stopped. The worker's own children (the units) are not looked at: a unit may stop itself."""
+    for level in range(depth + 1):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    return True
+            if level == depth:
+                return False
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except (OSError, IndexError):
+            return False  # ended meanwhile
+        if len(children) != 1:
+            return False  # not started yet, or ending
+        pid = int(children[0])
+    return False
 
 
 def _output(kept: dict[int, bytearray], seen: int, limits: Limits, reason: str | None):

@@ -16,9 +16,10 @@ import json
 import os
 from pathlib import Path
 
+from autograder import NOTEBOOK_NAME, SOURCE_NOTEBOOK
+
 MAX_NOTEBOOK_BYTES = 20 << 20  # a real submission is under 1 MB without outputs
 MAX_CELL_CHARS = 200_000
-NOTEBOOK_NAME = "rnn_captioning.ipynb"
 
 
 class SubmissionError(ValueError):
@@ -176,3 +177,21 @@ def find_notebook(folder: Path, name: str = NOTEBOOK_NAME) -> tuple[Path | None,
                       f"({_listing(notebooks, folder)}): submit one notebook named {name}")
     skipped = f" (only {_listing(hidden, folder)}, which is not graded)" if hidden else ""
     return None, f"no notebook ({name}) in the submission{skipped}"
+
+
+def write_submission(path: Path, cells: dict[str, str] | None = None, notebook: Path = SOURCE_NOTEBOOK) -> Path:
+    """A copy of notebook (the instructor's by default) with the given units' solution cells
+    replaced, written to path: a submission, for tests, benchmarks and trials."""
+    import nbformat  # slow to import (jsonschema): only this helper needs it
+
+    nb = nbformat.read(notebook, as_version=4)
+    cells = dict(cells or {})
+    for cell in nb.cells:
+        unit = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution") and unit in cells:
+            cell.source = cells.pop(unit)
+    if cells:
+        raise ValueError(f"no solution cell for {sorted(cells)} in {notebook}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path

@@ -10,6 +10,7 @@ A value tree (``pack``/``unpack``) is JSON in which every array is replaced by
 ``{"array": index}``, the arrays' raw bytes following one another in the payload.
 """
 
+import io
 import json
 import os
 import struct
@@ -122,6 +123,34 @@ def leaves(value, kind) -> list:
     return []
 
 
+def _array_header(node: dict, max_dim: int, max_dims: int) -> tuple[str, list[int]]:
+    """(dtype, shape) of an array node, checked: a dtype of DTYPES and at most max_dims sizes,
+    each an int from 0 to max_dim; WireError otherwise."""
+    dtype, shape = node.get("dtype"), node.get("shape")
+    if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > max_dims or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= max_dim for n in shape):
+        raise WireError("malformed array, or a size over the bounds")
+    return dtype, shape
+
+
+def _unpack_tree(node, depth: int, array):
+    """The value a tree from pack() stands for, each array node made by array(node); WireError
+    for anything pack() would not have produced."""
+    if depth > MAX_DEPTH:
+        raise WireError("value nested too deeply")
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if isinstance(node, list):
+        return [_unpack_tree(x, depth + 1, array) for x in node]
+    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
+        return tuple(_unpack_tree(x, depth + 1, array) for x in node["tuple"])
+    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
+        return {str(k): _unpack_tree(x, depth + 1, array) for k, x in node["dict"].items()}
+    if isinstance(node, dict) and "array" in node:
+        return array(node)
+    raise WireError("malformed value")
+
+
 def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
            max_dim: int | None = None, max_dims: int = MAX_DIMS):
     """The value that pack() made, checked; arrays become from_array(numpy array).
@@ -135,11 +164,7 @@ def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
     offset = [0]
 
     def array(node):
-        dtype, shape = node.get("dtype"), node.get("shape")
-        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > max_dims or not all(
-                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= (max_dim or max_elements)
-                for n in shape):
-            raise WireError("malformed array, or a size over the bounds")
+        dtype, shape = _array_header(node, max_dim or max_elements, max_dims)
         count = 1
         for n in shape:
             count *= n
@@ -153,22 +178,7 @@ def unpack(tree, payload: bytes, max_elements: int, from_array=lambda a: a,
         offset[0] += size
         return from_array(data.copy())
 
-    def walk(node, depth):
-        if depth > MAX_DEPTH:
-            raise WireError("value nested too deeply")
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        if isinstance(node, list):
-            return [walk(x, depth + 1) for x in node]
-        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
-            return tuple(walk(x, depth + 1) for x in node["tuple"])
-        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
-            return {str(k): walk(x, depth + 1) for k, x in node["dict"].items()}
-        if isinstance(node, dict) and "array" in node:
-            return array(node)
-        raise WireError("malformed value")
-
-    value = walk(tree, 0)
+    value = _unpack_tree(tree, 0, array)
     if offset[0] != len(payload):
         raise WireError("payload longer than its arrays")
     return value
@@ -193,3 +203,32 @@ def split_frames(data: bytes, max_payload: int) -> list[tuple[dict, bytes]]:
         frames.append((header, data[start + head_size:end]))
         offset = end
     return frames
+
+
+# ---------------------------------------------------------------------------------------
+# A worker group's job, and a unit's outputs
+# ---------------------------------------------------------------------------------------
+# A job is one .npz: JOB_DESCRIPTION (JSON: code, tests, limits) and every hidden input,
+# keyed "<unit>/<test>/<case>/<name>". A unit reports each test's outputs as an .npz keyed
+# "<test>/<case>/<name>" (case_key), on its own frame.
+
+JOB_DESCRIPTION = "job.json"
+
+
+def case_key(test: str, case: int, name: str) -> str:
+    return f"{test}/{case}/{name}"
+
+
+def pack_job(description: dict, inputs: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """The job's bytes; inputs: {unit: {case_key: array}}."""
+    arrays = {f"{unit}/{key}": value for unit, by_key in inputs.items() for key, value in by_key.items()}
+    arrays[JOB_DESCRIPTION] = np.frombuffer(json.dumps(description).encode(), dtype=np.uint8)
+    blob = io.BytesIO()
+    np.savez(blob, **arrays)
+    return blob.getvalue()
+
+
+def unpack_job(data: bytes):
+    """(description, the .npz: its inputs are read lazily) of a job's bytes."""
+    inputs = np.load(io.BytesIO(data), allow_pickle=False)
+    return json.loads(inputs[JOB_DESCRIPTION].tobytes()), inputs

@@ -3,7 +3,7 @@
     python worker.py --results FD --group JOB_FD[:REQUEST_FD,REPLY_FD] [--group ...]
                      [--preload MODULE]... [--own-pid-namespace]
 
-One sandbox grades one submission; its groups (see workers.py) run one after the other, in
+One sandbox grades one submission; its groups (see submission_sandbox.py) run one after the other, in
 the order of the --group arguments. This process imports torch, makes itself non-dumpable,
 and for each group in turn reads its job (job.json and the hidden inputs, one .npz) from the
 group's job pipe, never before every unit of the earlier groups has ended. It runs each unit
@@ -18,7 +18,6 @@ nothing from the repository besides its neighbours.
 import ctypes
 import importlib
 import io
-import json
 import os
 import resource
 import select
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 import forbidden
-import runners
+import graded_tests
 import served
 import wire
 
@@ -65,7 +64,7 @@ def load_namespace(code: list[dict]) -> dict:
         exec(compile(entry["source"], f"<{entry['name']}>", "exec"), namespace)
         if entry["name"] == "provided code":
             # The grader encodes the images itself: no sandbox imports torchvision.
-            namespace["ImageEncoder"] = runners.PrecomputedFeatures
+            namespace["ImageEncoder"] = graded_tests.PrecomputedFeatures
     return namespace
 
 
@@ -79,14 +78,13 @@ def to_array(value, name: str) -> np.ndarray:
 def run_test(namespace: dict, unit: str, test: dict, inputs, device: str) -> tuple[dict, list]:
     """Every case of one test: (outputs by "test/case/name", errors)."""
     outputs, errors = {}, []
-    run = runners.runner(unit, test["test"])
+    run = graded_tests.runner(unit, test["test"])
     for case in range(test["cases"]):
-        prefix = f"{test['test']}/{case}/"
+        prefix = wire.case_key(test["test"], case, "")
         case_inputs = {k[len(prefix):]: torch.from_numpy(inputs[k]).to(device)
                        for k in inputs.files if k.startswith(prefix)}
         try:
-            result = (run(namespace, case_inputs, test["options"]) if "options" in test
-                      else run(namespace, case_inputs))
+            result = run(namespace, case_inputs, test["shared"])
             for name, value in result.items():
                 outputs[prefix + name] = to_array(value, name)
         except BaseException as exc:
@@ -267,10 +265,7 @@ def read_job(fd: int):
             raise ValueError("job too large")
         chunks.append(chunk)
     os.close(fd)
-    if not chunks:
-        return None
-    inputs = np.load(io.BytesIO(b"".join(chunks)), allow_pickle=False)
-    return json.loads(inputs["job.json"].tobytes()), inputs
+    return wire.unpack_job(b"".join(chunks)) if chunks else None
 
 
 def fork_before(deadline: float) -> int | None:
@@ -371,7 +366,7 @@ def main(results_fd: int, groups: list[tuple[int, tuple[int, ...]]], preload: li
     """groups: (job pipe, served pipes) of each group, in the order they run."""
     make_undumpable()  # first: the pipes are open in this process
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    runners.strict_float_math()
+    graded_tests.strict_float_math()
     warm_up(preload)
     private = {results_fd} | {fd for job_fd, served_fds in groups for fd in (job_fd, *served_fds)}
     for job_fd, served_fds in groups:

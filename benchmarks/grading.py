@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-COURSE = REPO_ROOT / "assignment"
-SOURCE_NOTEBOOK = COURSE / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
+from autograder import ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, SOURCE_NOTEBOOK
 ENV = {**os.environ, "CAPTIONING_PRETRAINED": "0", "CUDA_VISIBLE_DEVICES": "",
        "CAPTIONING_GRADER_SECRET": "benchmark", "PYTHONPATH": str(REPO_ROOT),
        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -52,9 +50,9 @@ def make_class(root: Path, size: int, config: Path | None = None) -> Path:
     """A course directory with size copies of the reference notebook as submissions."""
     course = root / f"class{size}-{len(list(root.iterdir()))}"
     for i in range(size):
-        target = course / "submitted" / f"student{i:03d}" / "rnn_captioning"
+        target = course / "submitted" / f"student{i:03d}" / ASSIGNMENT
         target.mkdir(parents=True)
-        shutil.copy(SOURCE_NOTEBOOK, target / "rnn_captioning.ipynb")
+        shutil.copy(SOURCE_NOTEBOOK, target / NOTEBOOK_NAME)
     if config:
         shutil.copy(config, course / "nbgrader_config.py")
     return course
@@ -66,17 +64,17 @@ def stock_nbgrader_course(root: Path, size: int) -> Path:
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\nc.CourseDirectory.root = __file__.rsplit('/', 1)[0]\n"
         "c.Execute.timeout = 900\n")
-    source = course / "source" / "rnn_captioning"
+    source = course / "source" / ASSIGNMENT
     source.mkdir(parents=True)
-    for name in ("rnn_captioning.ipynb", "captioning_helpers.py"):
+    for name in (NOTEBOOK_NAME, "captioning_helpers.py"):
         shutil.copy(SOURCE_NOTEBOOK.parent / name, source / name)
     os.symlink(REPO_ROOT / "data" / "coco.pt", source / "coco.pt")
-    subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "rnn_captioning",
+    subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT,
                     "--force"], cwd=course, check=True, capture_output=True, env=ENV)
     # The submissions need the data and helpers beside them, as students have them.
     for student in (course / "submitted").iterdir():
         for name in ("captioning_helpers.py", "coco.pt"):
-            shutil.copy(source / name, student / "rnn_captioning" / name)
+            shutil.copy(source / name, student / ASSIGNMENT / name)
     return course
 
 
@@ -109,7 +107,7 @@ def main(argv=None) -> None:
 
         if "stock" in parts:
             stock_course = stock_nbgrader_course(root, args.stock_size)
-            stock = [timed([python, "-m", "nbgrader", "autograde", "rnn_captioning", "--force"],
+            stock = [timed([python, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
                            cwd=stock_course) for _ in range(args.stock_runs)]
             stock_each = report(f"stock nbgrader autograde, {args.stock_size} submissions", stock,
                                 per=args.stock_size) / args.stock_size
@@ -122,11 +120,11 @@ def time_notebook(root: Path, python: str, runs: int) -> None:
     """The instructor notebook executed top to bottom in a kernel, on the CPU."""
     notebook_dir = root / "notebook"
     notebook_dir.mkdir()
-    for name in ("rnn_captioning.ipynb", "captioning_helpers.py"):
+    for name in (NOTEBOOK_NAME, "captioning_helpers.py"):
         shutil.copy(SOURCE_NOTEBOOK.parent / name, notebook_dir / name)
     os.symlink(REPO_ROOT / "data" / "coco.pt", notebook_dir / "coco.pt")
     run_notebook = ("import nbformat, sys; from nbclient import NotebookClient; "
-                    "nb = nbformat.read('rnn_captioning.ipynb', 4); "
+                    f"nb = nbformat.read('{NOTEBOOK_NAME}', 4); "
                     "NotebookClient(nb, timeout=900, kernel_name='python3').execute()")
     notebook = [timed([python, "-c", run_notebook], cwd=notebook_dir) for _ in range(runs)]
     report("instructor notebook on CPU (target < 300 s)", notebook)

@@ -21,13 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
 
+from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, REPO_ROOT
+from autograder.submission import write_submission
 from solution import source as reference
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_NOTEBOOK = REPO_ROOT / "assignment" / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
-ASSIGNMENT, NOTEBOOK = "rnn_captioning", "rnn_captioning.ipynb"
 HOG = "while True: pass"
 
 
@@ -57,22 +55,10 @@ def load_class() -> dict[str, dict[str, str]]:
     }
 
 
-def write_notebook(path: Path, cells: dict[str, str]) -> Path:
-    """A copy of the instructor's notebook with the given units' solution cells replaced."""
-    notebook = nbformat.read(SOURCE_NOTEBOOK, as_version=4)
-    for cell in notebook.cells:
-        unit = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if cell.metadata.get("nbgrader", {}).get("solution") and unit in cells:
-            cell.source = cells[unit]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-    return path
-
-
 def make_course(root: Path) -> Path:
     course = root / "course"
     for student, cells in load_class().items():
-        write_notebook(course / "submitted" / student / ASSIGNMENT / NOTEBOOK, cells)
+        write_submission(course / "submitted" / student / ASSIGNMENT / NOTEBOOK_NAME, cells)
     return course
 
 
@@ -117,7 +103,7 @@ def differences(expected: dict, got: dict) -> list[str]:
 
 
 def trial(root: Path, *, runs: int = 3, hogs: int = 4, jobs: int = 2,
-          data: Path = REPO_ROOT / "data" / "coco.pt", echo=print) -> list[str]:
+          data: Path = DATA_FILE, echo=print) -> list[str]:
     """Grade the class once, then runs times beside hogs spinning processes; the
     differences from the first run (none: the verdicts do not depend on load)."""
     course = make_course(root)

@@ -6,6 +6,7 @@ the code a worker runs from here, so both always agree with the reference.
 """
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def split_definitions(source: str | None = None) -> tuple[str, dict[str, str]]:
     definitions maps each top-level function, class or assigned name to its source text
     (decorators included), in file order.
     """
-    source = read_source() if source is None else source
+    imports, definitions = _split(read_source() if source is None else source)
+    return imports, dict(definitions)  # a copy: the cached one stays as parsed
+
+
+@functools.lru_cache(maxsize=4)
+def _split(source: str) -> tuple[str, dict[str, str]]:
     lines = source.splitlines()
     imports, definitions = [], {}
     for node in ast.parse(source).body:
@@ -76,7 +82,8 @@ def provided_names(source: str | None = None) -> list[str]:
     return [name for name in definitions if name not in in_units and name != "GRADED_UNITS"]
 
 
-_REGION = re.compile(
+# A solution region, markers included; its first line's indentation is group "indent".
+SOLUTION_REGION = re.compile(
     rf"^(?P<indent>[ \t]*){re.escape(BEGIN_SOLUTION)}[^\n]*\n.*?^[ \t]*{re.escape(END_SOLUTION)}[^\n]*$",
     re.MULTILINE | re.DOTALL,
 )
@@ -85,7 +92,7 @@ _REGION = re.compile(
 def solution_lines(text: str) -> list[str]:
     """The stripped, non-blank lines inside the solution regions of text."""
     lines = []
-    for match in _REGION.finditer(text):
+    for match in SOLUTION_REGION.finditer(text):
         body = match.group(0).splitlines()[1:-1]
         lines += [line.strip() for line in body if line.strip()]
     return lines
@@ -93,4 +100,4 @@ def solution_lines(text: str) -> list[str]:
 
 def strip_solutions(text: str) -> str:
     """text with every solution region replaced by a stub, as nbgrader's release does."""
-    return _REGION.sub(lambda m: f"{m.group('indent')}{STUB}", text)
+    return SOLUTION_REGION.sub(lambda m: f"{m.group('indent')}{STUB}", text)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autograder import DATA_FILE, REPO_ROOT
-from autograder.runners import strict_float_math
+from autograder.graded_tests import strict_float_math
 
 MIRROR = Path(os.environ.get("COCO_SOURCE", REPO_ROOT.parent / "shared" / "data" / "coco_mini"))
 COCO_PT = DATA_FILE

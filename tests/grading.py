@@ -3,15 +3,15 @@
 import functools
 from pathlib import Path
 
-import nbformat
 import torch
 
-from autograder import checks, grade
-from conftest import COCO_PT, REPO_ROOT
+from autograder import NOTEBOOK_NAME, SOURCE_NOTEBOOK, checks, grade
+from autograder.submission import write_submission  # noqa: F401 (the tests' helper too)
+from conftest import COCO_PT
 from solution import source as reference
 
-INSTRUCTOR_NOTEBOOK = REPO_ROOT / "assignment" / "source" / "rnn_captioning" / "rnn_captioning.ipynb"
-RELEASED_NOTEBOOK_NAME = "rnn_captioning.ipynb"
+INSTRUCTOR_NOTEBOOK = SOURCE_NOTEBOOK
+RELEASED_NOTEBOOK_NAME = NOTEBOOK_NAME
 TEST_SECRET = b"tests-only secret"
 
 
@@ -22,21 +22,6 @@ def mutated(unit: str, old: str, new: str, count: int = 1) -> str:
     if found != count:
         raise AssertionError(f"{old!r} occurs {found} times in the reference {unit}, expected {count}")
     return code.replace(old, new)
-
-
-def write_submission(path: Path, cells: dict[str, str] | None = None,
-                     notebook: Path = INSTRUCTOR_NOTEBOOK) -> Path:
-    """A copy of notebook (the instructor's by default) with the given units' cells replaced."""
-    nb = nbformat.read(notebook, as_version=4)
-    cells = dict(cells or {})
-    for cell in nb.cells:
-        unit = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if cell.metadata.get("nbgrader", {}).get("solution") and unit in cells:
-            cell.source = cells.pop(unit)
-    assert not cells, f"no solution cell for {sorted(cells)}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
 
 
 @functools.lru_cache(maxsize=1)

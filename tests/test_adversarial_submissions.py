@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from autograder import forbidden, workers
+from autograder import forbidden, submission_sandbox
 from catalogue import isolation_attacks
 from catalogue.adversarial import MALFORMED, SUBMISSIONS, reason_matches, write_notebook
 from grading import failures, grade_notebook
@@ -46,7 +46,7 @@ def test_an_adversarial_submission_gains_nothing(submission, tmp_path, monkeypat
     # screen misses. tests/test_forbidden*.py test the screen.
     monkeypatch.setattr(forbidden, "find_forbidden_in_cells", lambda cells, preamble="": {u: [] for u in cells})
     if submission.unit_timeout:
-        monkeypatch.setattr(workers, "UNIT_SECONDS", submission.unit_timeout)
+        monkeypatch.setattr(submission_sandbox, "UNIT_SECONDS", submission.unit_timeout)
     notebook = write_notebook(tmp_path / f"{submission.id}.ipynb", submission.cells(), submission.omit,
                               submission.outputs_mb)
     started = time.monotonic()

@@ -110,14 +110,14 @@ def test_ctrl_c_leaves_only_whole_results_and_the_next_run_resumes(tmp_path):
 
 
 def test_the_cache_key_changes_with_every_file_of_the_grader_the_reference_and_the_data(tmp_path):
-    # Without the fix the key covered a hand-kept list without workers.py, solution/source.py
+    # Without the fix the key covered a hand-kept list without submission_sandbox.py, solution/source.py
     # or the data (and grader_fingerprint took no data file): this test fails there.
     root, data = tmp_path / "kit", tmp_path / "coco.pt"
     for name in batch.grader_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes((REPO_ROOT / name).read_bytes())
     data.write_bytes(b"the data, version 1")
-    assert {"autograder/workers.py", "autograder/points.toml", "solution/source.py",
+    assert {"autograder/submission_sandbox.py", "autograder/points.toml", "solution/source.py",
             "solution/captioning.py"} <= set(batch.grader_files(root))
 
     def key(secret=b"secret"):

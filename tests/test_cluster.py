@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from autograder import __main__ as cli
-from autograder import batch, checks, grade, workers
+from autograder import batch, checks, grade, reports, submission_sandbox
 from autograder.cluster import limits, prairielearn
 from conftest import COCO_PT, REPO_ROOT
 from grading import write_submission
@@ -171,12 +171,13 @@ def test_merge_without_an_nbgrader_course_says_it_builds_no_gradebook(fake_class
 def test_a_shards_time_and_memory_follow_the_graders_limits(monkeypatch):
     # Worked by hand from the limits' meaning: a 300 s start, 45 s for each of the 10 units,
     # 20 s of the reference's computing for each of the 2 served groups: 790 s.
-    units = len(workers.UNITS)
-    per = workers.STARTUP_SECONDS + units * workers.UNIT_SECONDS + 2 * 20
+    units = len(submission_sandbox.UNITS)
+    per = submission_sandbox.STARTUP_SECONDS + units * submission_sandbox.UNIT_SECONDS + 2 * 20
     assert units == 10 and per == 790 and limits.seconds_per_submission() == per
-    assert limits.shard_seconds(5, 2) == workers.STARTUP_SECONDS + 3 * per  # 3 rounds of 2 jobs
+    assert limits.shard_seconds(5, 2) == submission_sandbox.STARTUP_SECONDS + 3 * per  # 3 rounds of 2 jobs
     assert limits.shard_memory_bytes(2) == 2 * (3 << 30) + 3 * (1 << 30)
-    monkeypatch.setattr(workers, "UNIT_SECONDS", workers.UNIT_SECONDS + 10)  # imported, not restated
+    # imported, not restated:
+    monkeypatch.setattr(submission_sandbox, "UNIT_SECONDS", submission_sandbox.UNIT_SECONDS + 10)
     assert limits.seconds_per_submission() == per + 10 * units
     assert limits.shard_sizes(7, 3) == [2, 2, 3] and sum(limits.shard_sizes(5000, 256)) == 5000
 
@@ -200,7 +201,7 @@ def test_the_slurm_scripts_ask_for_what_a_shard_needs(tmp_path):
     assert done.returncode == 0, done.stderr
     grade_options = sbatch_options(tmp_path / "out" / "grade.sbatch")
     # 5 students in 2 shards: at most 3 per shard, 2 at a time: 2 rounds.
-    seconds = workers.STARTUP_SECONDS + 2 * limits.seconds_per_submission()
+    seconds = submission_sandbox.STARTUP_SECONDS + 2 * limits.seconds_per_submission()
     assert grade_options["array"] == "0-1" and grade_options["cpus-per-task"] == "4"
     assert grade_options["gres"] == "gpu:1" and grade_options["partition"] == "gpu"
     assert grade_options["mem"] == f"{2 * 4096 + 1024}M"
@@ -303,7 +304,7 @@ def test_unsandboxed_pods_are_locked_down_and_say_so(tmp_path):
 def test_prairielearn_results_have_its_schema_and_a_score_from_0_to_1():
     result = marks(0)
     result.tests[-1].score, result.tests[-1].reason = 0, "wrong shape (2, 3), expected (2, 4)"
-    kit = grade.results_json(result)
+    kit = reports.results_json(result)
     found = prairielearn.pl_results(kit)
     lost = result.tests[-1].max_score
     assert found["gradable"] is True and found["score"] == pytest.approx((100 - lost) / 100)

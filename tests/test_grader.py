@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from autograder import grade
+from autograder import ASSIGNMENT, COURSE_DIR, NOTEBOOK_NAME, jobs, reports, submission_sandbox
 from conftest import CUDA, REPO_ROOT
 from grading import (INSTRUCTOR_NOTEBOOK, failures, grade_notebook, lost, mutated, all_tests_of,
                      write_submission)
@@ -14,7 +14,7 @@ from solution import source as reference
 
 pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
 
-RELEASED = REPO_ROOT / "assignment" / "release" / "rnn_captioning" / "rnn_captioning.ipynb"
+RELEASED = COURSE_DIR / "release" / ASSIGNMENT / NOTEBOOK_NAME
 
 
 def test_reference_scores_100():
@@ -34,8 +34,8 @@ def test_the_same_submission_gets_identical_results(tmp_path):
     bug = {"rnn_forward": mutated("rnn_forward", "torch.tanh(", "torch.sigmoid(")}
     path = write_submission(tmp_path / "s.ipynb", bug)
     first, second = tmp_path / "1.json", tmp_path / "2.json"
-    grade.write_results(grade_notebook(path), first)
-    grade.write_results(grade_notebook(path), second)
+    reports.write_results(grade_notebook(path), first)
+    reports.write_results(grade_notebook(path), second)
     assert first.read_bytes() == second.read_bytes()
     assert json.loads(first.read_text())["score"] == 100 - 5 - 8  # rnn_forward, and rnn_backward through its cache
 
@@ -64,7 +64,7 @@ def test_a_forward_bug_reaches_the_backward_test_through_its_cache_only(tmp_path
 
 def test_results_json_follows_gradescopes_schema(tmp_path):
     path = tmp_path / "results.json"
-    grade.write_results(grade_notebook(INSTRUCTOR_NOTEBOOK), path)
+    reports.write_results(grade_notebook(INSTRUCTOR_NOTEBOOK), path)
     results = json.loads(path.read_text())
     assert results["score"] == 100 and results["max_score"] == 100
     assert "sandbox (bubblewrap)" in results["output"]
@@ -96,21 +96,21 @@ def test_cli_exits_2_when_it_cannot_grade(tmp_path):
 
 
 def test_worker_groups_never_hold_the_reference_of_a_unit_they_grade():
-    for _, units in grade.WORKER_GROUPS:
+    for _, units in submission_sandbox.WORKER_GROUPS:
         for unit in units:
-            assert not set(grade.SERVED_DEPENDENCIES.get(unit, ())) & set(units)
-    assert sorted(u for _, units in grade.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
+            assert not set(submission_sandbox.SERVED_DEPENDENCIES.get(unit, ())) & set(units)
+    assert sorted(u for _, units in submission_sandbox.WORKER_GROUPS for u in units) == sorted(reference.graded_units())
 
 
 def test_a_unit_is_graded_after_every_unit_served_to_it():
     """The groups share one sandbox, one after the other: what a served reference tells a
     unit may reach only units graded after it, so none of those may be served to it."""
-    order = [unit for _, units in grade.WORKER_GROUPS for unit in units]
-    for unit, served in grade.SERVED_DEPENDENCIES.items():
-        group = next(i for i, (_, units) in enumerate(grade.WORKER_GROUPS) if unit in units)
+    order = [unit for _, units in submission_sandbox.WORKER_GROUPS for unit in units]
+    for unit, served in submission_sandbox.SERVED_DEPENDENCIES.items():
+        group = next(i for i, (_, units) in enumerate(submission_sandbox.WORKER_GROUPS) if unit in units)
         for other in served:
             assert order.index(other) < order.index(unit)
-            assert other not in grade.WORKER_GROUPS[group][1], (unit, other)
+            assert other not in submission_sandbox.WORKER_GROUPS[group][1], (unit, other)
 
 
 PIPE_PROBE = """
@@ -153,8 +153,8 @@ def test_no_job_carries_a_solution_line(tmp_path):
     cells = {u: reference.strip_solutions(reference.unit_source(u)) for u in reference.graded_units()}
     tests = checks.build_tests(1, coco, fixture)
     solution = set(reference.solution_lines(reference.read_source()))
-    for _, units in grade.WORKER_GROUPS:
-        blob = grade.job_blob(units, cells, tests, "cpu", set(cells))
+    for _, units in submission_sandbox.WORKER_GROUPS:
+        blob = jobs.job_blob(units, cells, tests, "cpu", set(cells))
         job = np.load(io.BytesIO(blob))["job.json"].tobytes().decode()
         leaked = [line for line in solution if len(line) > 12 and line in job]
         assert not leaked, leaked[:5]

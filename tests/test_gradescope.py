@@ -51,7 +51,7 @@ def test_zip_holds_the_grader_not_the_repositorys_tests(autograder_root):
     assert "solution/captioning.py" in names and "data/coco.pt" in names
     assert not [n for n in names if n.startswith(("tests/", "assignment/"))]
     # Every file the batch's cache key covers (one list, by glob): the hand-kept list this
-    # replaced had already missed workers.py once.
+    # replaced had already missed submission_sandbox.py once.
     assert set(batch.grader_files()) <= names
     assert set(gradescope.SOURCE_FILES) == set(batch.grader_files()) | {"requirements.txt", "requirements.lock"}
 

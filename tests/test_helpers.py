@@ -85,3 +85,37 @@ def test_fixed_parameters_do_not_depend_on_the_random_generator():
 
     assert torch.equal(filled(0), filled(1))
     assert filled(0).abs().max() <= 0.5 and filled(0).unique().numel() == 8
+
+
+def test_a_float32_output_fails_the_visible_check_in_the_graders_words(capsys):
+    """A typical `dx = torch.zeros(N, T, D)` (float32) used to pass every visible check and
+    get 0 from the grader."""
+    import numpy as np
+    from autograder.checks import compare_output
+
+    expected = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    assert helpers.check_close("dx", expected.float(), expected) is False
+    said = "has dtype float32, expected float64"
+    assert said in capsys.readouterr().out
+    assert said in compare_output("dx", np.array([[1.0, 2.0]], dtype=np.float32), expected)
+    assert helpers.check_equal("captions", torch.tensor([[1, 2]], dtype=torch.int32), torch.tensor([[1, 2]])) is False
+    assert "has dtype int32, expected int64" in capsys.readouterr().out
+
+
+def test_check_summary_shows_each_units_latest_checks_and_points(capsys, monkeypatch):
+    monkeypatch.setattr(helpers, "_RESULTS", [])
+    with helpers.visible_check("rnn_forward"):
+        helpers.check_close("h", torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    with helpers.visible_check("rnn_forward"):  # the cell run again after a fix
+        helpers.check_close("h", torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    for cell_type in ("rnn", "lstm"):
+        with helpers.visible_check(f"CaptioningRNN ({cell_type})"):
+            helpers.check_equal("sample", torch.tensor([1]), torch.tensor([1 if cell_type == "rnn" else 2]))
+    capsys.readouterr()
+    passing, checked = helpers.check_summary({"rnn_forward": 5, "CaptioningRNN": 25, "LSTM": 16})
+    out = capsys.readouterr().out
+    assert (passing, checked) == (1, 3)  # rnn_forward only; CaptioningRNN fails one; LSTM not run
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1]}
+    assert "5" in rows["rnn_forward"].split() and "1 of 1 pass" in rows["rnn_forward"]
+    assert "1 of 2 pass" in rows["CaptioningRNN"] and "25" in rows["CaptioningRNN"].split()
+    assert "not run" in rows["LSTM"]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from autograder import ASSIGNMENT, COURSE_DIR
 from conftest import REPO_ROOT
 from grading import write_submission
 from solution import source as reference
 
 pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
 
-COURSE = REPO_ROOT / "assignment"
-ASSIGNMENT = "rnn_captioning"
+COURSE = COURSE_DIR
 
 
 def nbgrader(course: Path, *args):

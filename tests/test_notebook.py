@@ -17,14 +17,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from assignment import build_notebook
+from autograder import ASSIGNMENT, COURSE_DIR, NOTEBOOK_NAME, SOURCE_NOTEBOOK
 from conftest import COCO_PT, REPO_ROOT, devices
 from solution import source as reference
 
 pytestmark = pytest.mark.slow  # gradings, batches or the command line: not in make test-fast
 
-SOURCE_DIR = REPO_ROOT / "assignment" / "source" / "rnn_captioning"
-RELEASE_DIR = REPO_ROOT / "assignment" / "release" / "rnn_captioning"
-NOTEBOOK_NAME = "rnn_captioning.ipynb"
+SOURCE_DIR = SOURCE_NOTEBOOK.parent
+RELEASE_DIR = COURSE_DIR / "release" / ASSIGNMENT
 
 
 def grade_id(cell) -> str | None:

@@ -72,21 +72,19 @@ def test_normal_worker_imports_torch_and_writes_npz(tmp_path):
 
 
 @needs_bwrap
-def test_overhead_of_the_sandbox_is_small(tmp_path):
-    """``import torch`` both ways; the figures are printed (pytest -s) for the record."""
+def test_torch_imports_in_the_sandbox(tmp_path):
+    """``import torch`` both ways. The times are printed (pytest -s), not asserted: a busy
+    machine changes them, and the sandbox's cost is a benchmark's figure (BENCHMARKS.md,
+    `make bench-grading`), not a verdict."""
     timings = {}
     for code in ("pass", "import torch"):
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
         plain = time.monotonic() - started
         result = run_worker(["-c", code], workdir=tmp_path, readonly_dirs=[])
-        assert result.returncode == 0, result.stderr
-        timings[code] = (plain, result.wall_seconds)
-    print({code: f"plain {p:.3f} s, sandboxed {s:.3f} s" for code, (p, s) in timings.items()})
-    plain, boxed = timings["pass"]
-    assert boxed - plain < 0.5
-    plain, boxed = timings["import torch"]
-    assert boxed < 1.5 * plain + 1.0
+        assert result.returncode == 0 and result.killed_reason is None, result.stderr
+        timings[code] = f"plain {plain:.3f} s, sandboxed {result.wall_seconds:.3f} s"
+    print(timings)
 
 
 # --- what the worker can see and reach -------------------------------------------------------
@@ -362,6 +360,65 @@ def test_output_over_the_cap_is_truncated_and_the_run_goes_on(tmp_path, mode):
     """, mode, limits=Limits(output_bytes=150_000))
     assert result.returncode == 0 and result.killed_reason is None and result.output_truncated
     assert len(result.stdout) + len(result.stderr) == 150_000
+
+
+STOPS_ITS_PARENT = """
+    import os, signal, time
+    worker = os.getpid()
+    if os.fork() == 0:
+        target = {target}
+        os.kill(target, signal.SIGSTOP)
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(30)
+"""
+
+
+def test_a_worker_stopped_by_its_own_child_ends_the_run(tmp_path, mode):
+    """A stopped worker enforces no limit: without the check the run lasts its wall clock."""
+    result = run_script(tmp_path, STOPS_ITS_PARENT.replace("{target}", "worker"), mode,
+                        limits=Limits(wall_seconds=15))
+    assert result.killed_reason == sandbox.WORKER_STOPPED and not result.timed_out
+    assert result.wall_seconds < 10
+
+
+@needs_bwrap
+def test_a_stopped_reaper_ends_the_run(tmp_path):
+    """Stopped, the reaper would never report the worker's end: the run would last its wall clock."""
+    result = run_script(tmp_path, STOPS_ITS_PARENT.replace("{target}", "os.getppid()"),
+                        limits=Limits(wall_seconds=15))
+    assert result.killed_reason == sandbox.WORKER_STOPPED and not result.timed_out
+    assert result.wall_seconds < 10
+
+
+def test_a_process_of_the_worker_may_stop_itself(tmp_path, mode):
+    result = run_script(tmp_path, """
+        import os, signal, time
+        child = os.fork()
+        if child == 0:
+            os.kill(os.getpid(), signal.SIGSTOP)
+            os._exit(0)
+        time.sleep(1)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    """, mode)
+    assert result.returncode == 0 and result.killed_reason is None, result.stderr
+
+
+@needs_bwrap
+def test_no_process_of_the_sandbox_opens_the_reapers_descriptors(tmp_path):
+    """The reaper (pid 2) holds the sandbox's stderr and its status pipe to the grader."""
+    result = run_script(tmp_path, """
+        import os
+        for fd in os.listdir("/proc/2/fd") if os.access("/proc/2/fd", os.R_OK) else ["1", "2"]:
+            try:
+                os.open(f"/proc/2/fd/{fd}", os.O_WRONLY)
+                print("opened", fd)
+            except OSError as exc:
+                print("refused", fd, type(exc).__name__)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "refused" in result.stdout and "opened" not in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("statement, returncode", [

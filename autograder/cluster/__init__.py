@@ -12,7 +12,7 @@ autograder merge COURSE`` once. This package writes those jobs' files:
 * ``prairielearn.py``: PrairieLearn's external-grader entrypoint (one submission).
 
 What one shard needs (CPUs, memory, time) is derived here from the limits the grader
-declares (autograder/workers.py, reference_service.py, batch.py), never restated:
+declares (autograder/submission_sandbox.py, reference_service.py, batch.py), never restated:
 ``limits.py``.
 """
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 # Light on purpose: `python -m autograder` builds its parser from here for every command,
-# and `grade` starts its sandbox before it imports torch (which batch and workers do).
+# and `grade` starts its sandbox before it imports torch (which batch and submission_sandbox do).
 
 
 def build_gradebook(course: Path) -> int:

@@ -1,20 +1,20 @@
 """What one shard needs (memory, time), derived from the limits the grader declares
-(autograder/workers.py, reference_service.py, batch.py): shared by the Slurm script and the
+(autograder/submission_sandbox.py, reference_service.py, batch.py): shared by the Slurm script and the
 Kubernetes manifest, so that neither restates a number.
 """
 
 import math
 from pathlib import Path
 
-from autograder import batch, reference_service, workers
+from autograder import batch, reference_service, submission_sandbox
 
 # Memory of one grading job: its sandbox's limit and the grader process beside it; the
 # batch's own process (torch, the data) holds about as much as one grader process.
-JOB_MEMORY_BYTES = workers.SANDBOX_LIMITS["memory_bytes"] + batch.GRADER_PROCESS_BYTES
+JOB_MEMORY_BYTES = batch.JOB_MEMORY_BYTES
 BATCH_PROCESS_BYTES = batch.GRADER_PROCESS_BYTES
 # The groups whose sandbox the grader serves reference behaviour to (its CPU time counts).
-SERVED_GROUPS = sum(1 for _, units in workers.WORKER_GROUPS
-                    if any(u in workers.SERVED_DEPENDENCIES for u in units))
+SERVED_GROUPS = sum(1 for _, units in submission_sandbox.WORKER_GROUPS
+                    if any(u in submission_sandbox.SERVED_DEPENDENCIES for u in units))
 
 
 def seconds_per_submission() -> int:
@@ -22,7 +22,7 @@ def seconds_per_submission() -> int:
     sandbox's start, each unit's limit, the reference's served computing. Not counted: a
     unit run again because the machine was too busy (UNIT_WALL_SECONDS), which a cluster's
     dedicated CPUs should not see; a shard cut short by it loses only what it had not stored."""
-    return (workers.STARTUP_SECONDS + len(workers.UNITS) * workers.UNIT_SECONDS
+    return (submission_sandbox.STARTUP_SECONDS + len(submission_sandbox.UNITS) * submission_sandbox.UNIT_SECONDS
             + SERVED_GROUPS * math.ceil(reference_service.CPU_SECONDS))
 
 
@@ -35,7 +35,7 @@ def shard_seconds(largest_shard: int, jobs: int) -> int:
     """A time limit for a shard of largest_shard students graded jobs at a time: the batch's
     start (importing torch, the data, the encoder's features) and its rounds of gradings."""
     rounds = math.ceil(largest_shard / max(1, jobs))
-    return workers.STARTUP_SECONDS + rounds * seconds_per_submission()
+    return submission_sandbox.STARTUP_SECONDS + rounds * seconds_per_submission()
 
 
 def shard_memory_bytes(jobs: int) -> int:

@@ -50,7 +50,7 @@ class Submission:
     id: str
     attacks: tuple
     omit: tuple = ()  # units whose cell is removed (graded 0: "no solution cell")
-    unit_timeout: int | None = None  # workers.UNIT_SECONDS for this grading
+    unit_timeout: int | None = None  # submission_sandbox.UNIT_SECONDS for this grading
     outputs_mb: int = 0  # junk outputs added to the notebook's code cells (ignored by the grader)
     seconds: int = 240  # the grading must return within this (no hang)
     # The attack may end the grading of the submission's other units too (never score them):
@@ -521,14 +521,14 @@ PROBES = Submission("probes", (
 PATCH_WORKER_MODULES = '''
 import json, sys
 import numpy as np
-import runners
+import graded_tests
 
-def _zeros(ns, inputs, *options):
+def _zeros(ns, inputs, *shared):
     return {n: torch.zeros_like(inputs[k]) for n, k in
             [("dx", "x"), ("dprev_h", "prev_h"), ("dWx", "Wx"), ("dWh", "Wh"), ("db", "b")]}
 
-runners.runner = lambda unit, test: _zeros
-runners.rnn_step_backward__gradients = _zeros
+graded_tests.runner = lambda unit, test: _zeros
+graded_tests.rnn_step_backward__gradients = _zeros
 _savez = np.savez
 
 def _forged_savez(file, *args, **arrays):
@@ -656,7 +656,7 @@ AttentionLSTM.step_forward, AttentionLSTM.forward = _step_forward, _forward
 '''
 
 WORKER_TAMPERING = Submission("worker-tampering", (
-    Attack("rnn_step_backward", "replaces runners.runner, numpy.savez, json.dump and the worker's "
+    Attack("rnn_step_backward", "replaces graded_tests.runner, numpy.savez, json.dump and the worker's "
            "describe() to record zeros and no errors", PATCH_WORKER_MODULES, "zero", r"relative error"),
     Attack("rnn_backward", "writes its own rnn_backward.npz and .json, then os._exit(0) so that the "
            "worker cannot overwrite them",

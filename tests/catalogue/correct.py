@@ -8,24 +8,20 @@ as handed out. ``MISSED`` names the variants the grader currently does not score
 why; the test marks them xfail(strict=True).
 """
 
-import re
 import textwrap
 from dataclasses import dataclass
 
 from solution import source as reference
 
-_REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n.*?^[ \t]*### END SOLUTION[^\n]*\n", re.M | re.S)
-
-
 def solved(unit: str, *bodies: str) -> str:
     """The reference code of unit with its solution regions replaced by bodies, in order."""
     code = reference.unit_source(unit) + "\n"
-    regions = list(_REGION.finditer(code))
+    regions = list(reference.SOLUTION_REGION.finditer(code))
     if len(regions) != len(bodies):
         raise AssertionError(f"{unit} has {len(regions)} solution regions, {len(bodies)} bodies given")
     parts, end = [], 0
     for region, body in zip(regions, bodies):
-        parts += [code[end:region.start()], textwrap.indent(textwrap.dedent(body).strip("\n") + "\n", region.group(1))]
+        parts += [code[end:region.start()], textwrap.indent(textwrap.dedent(body).strip("\n"), region.group("indent"))]
         end = region.end()
     return "".join(parts) + code[end:]
 

@@ -1020,7 +1020,7 @@ raise RuntimeError("probe: wrote %d MB, left %d of %d filesystems full" % (
 # wall-clock limit"); AttentionLSTM had finished before. The other two attackers never ran
 # there. Alone (a notebook with only that cell replaced):
 # * temporal_softmax_loss (trees and links): the CLI crashed with RecursionError in
-#   Workers.close (shutil.rmtree recursing into a 5,000-level tree): no result at all, and the
+#   SubmissionSandbox.close (shutil.rmtree recursing into a 5,000-level tree): no result at all, and the
 #   scratch directory stayed in the host's /tmp. With that rmtree replaced by rm -rf, 41/100:
 #   the links <unit>.exit.json -> /etc/ld.so.cache (read-only) ended the units group at the
 #   next unit (LSTM, dot_product_attention: "no result: the grading process ended early") and

@@ -96,12 +96,20 @@ def _record(name: str, passed: bool, detail: str) -> bool:
     return passed
 
 
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def _problem_with(actual, expected: torch.Tensor) -> str | None:
-    """Why actual cannot be compared with expected at all, or None if it can."""
+    """Why actual cannot be compared with expected at all, or None if it can: what the
+    grader checks of an output's form, in the grader's words. New tensors take the dtype
+    (and device) of the inputs: torch.zeros(N, D) is float32 when the inputs are float64."""
     if actual is None:
         return "got None: is it implemented and returned?"
     if not isinstance(actual, torch.Tensor):
         return f"expected a torch.Tensor, got {type(actual).__name__}"
+    if actual.dtype != expected.dtype:
+        return f"has dtype {_dtype_name(actual)}, expected {_dtype_name(expected)}"
     if tuple(actual.shape) != tuple(expected.shape):
         return f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     if actual.is_floating_point() and not torch.isfinite(actual).all():
@@ -147,17 +155,25 @@ def visible_check(unit: str):
         _current_unit[0] = "(no unit)"
 
 
-def check_summary() -> tuple[int, int]:
-    """Print every unit's visible checks, passed or not; returns (units passed, units run)."""
-    units: dict[str, bool] = {}
-    for unit, _, passed, _ in _RESULTS:
-        units[unit] = units.get(unit, True) and passed
-    print(f"{'unit':<26} visible checks")
-    for unit, passed in units.items():
-        print(f"{unit:<26} {'PASS' if passed else 'FAIL'}")
-    n_passed = sum(units.values())
-    print(f"\n{n_passed} of {len(units)} units pass their visible checks.")
-    return n_passed, len(units)
+def check_summary(points: dict[str, int] | None = None) -> tuple[int, int]:
+    """Print each graded unit's visible checks as they last ran (a check run again after a
+    fix counts once, with its latest result) and the points the unit is worth; returns
+    (units that pass, units checked). Not a score: the grader uses other inputs."""
+    latest: dict[tuple[str, str], bool] = {}
+    for group, name, passed, _ in _RESULTS:
+        latest[(group.split(" (")[0], f"{group} {name}")] = passed  # "CaptioningRNN (rnn)" is CaptioningRNN
+    units: dict[str, list[bool]] = {unit: [] for unit in points or {}}
+    for (unit, _), passed in latest.items():
+        units.setdefault(unit, []).append(passed)
+    print(f"{'unit':<24} {'points':>6}  visible checks")
+    for unit, results in units.items():
+        worth = f"{points[unit]:>6}" if points and unit in points else f"{'':>6}"
+        state = "not run" if not results else f"{sum(results)} of {len(results)} pass"
+        print(f"{unit:<24} {worth}  {state}{'' if all(results) and results else '  <--'}")
+    passing = sum(1 for results in units.values() if results and all(results))
+    print(f"\n{passing} of {len(units)} units pass every visible check. This is not a score: the "
+          "grader uses other inputs.")
+    return passing, len(units)
 
 
 def compute_numeric_gradient(f, x: torch.Tensor, dLdf: torch.Tensor | None = None, h: float = 1e-6):

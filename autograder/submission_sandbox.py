@@ -36,7 +36,7 @@ from solution import source as reference_source
 
 AUTOGRADER_DIR = Path(__file__).resolve().parent
 # The only files of this machine a sandbox sees, besides the system and Python.
-WORKER_FILES = ("worker.py", "runners.py", "forbidden.py", "served.py", "wire.py")
+WORKER_FILES = ("worker.py", "graded_tests.py", "forbidden.py", "served.py", "wire.py")
 
 # Limits of one unit (all its tests), enforced in the sandbox by worker.py. A unit's time
 # is what it spends computing, sleeping or blocked: time spent waiting for a CPU on a busy
@@ -48,7 +48,6 @@ UNIT_CPU_SECONDS = 30
 # Past this wall-clock time the machine is too busy to judge the unit: not the student's.
 UNIT_WALL_SECONDS = 600
 STARTUP_SECONDS = 300  # a sandbox's start (importing torch) on a loaded machine
-SANDBOX_LIMITS = dict(cpu_seconds=900, memory_bytes=3 << 30, max_processes=64, output_bytes=64 << 10)
 # Of the GPU's memory, for each unit's process under --device cuda (one at a time per
 # submission): set before student code runs, so that JOBS submissions graded side by side
 # cannot starve each other. The caching allocator enforces it in the unit's own process (which could raise it
@@ -89,6 +88,12 @@ class SandboxOutcome:
     error: str = ""  # the sandbox could not run at all
     watchdog: bool = False  # the grader stopped it for silence: the machine's fault, not a unit's
 
+    @property
+    def stopped_by_unit(self) -> bool:
+        """The worker was found stopped while a unit ran: only that unit can have done it."""
+        return (self.running is not None and self.sandbox is not None
+                and self.sandbox.killed_reason == sandbox.WORKER_STOPPED)
+
     def diagnostics(self) -> dict:
         """Instructor-only: how the sandbox ended and the tail of its stderr."""
         run = self.sandbox
@@ -100,7 +105,7 @@ class SandboxOutcome:
                 "missing_defences": [] if run is None else run.missing_defences}
 
 
-class Workers:
+class SubmissionSandbox:
     """The sandbox of one submission, started at once: it runs the given groups in the
     order of WORKER_GROUPS, each once ``send`` has given it its job."""
 
@@ -110,8 +115,35 @@ class Workers:
         self._cancel = threading.Event()
         self._jobs, self._served = {}, {}  # group -> our end of its job pipe, of its served pipes
         self._results, results_write = os.pipe()
-        passed = [results_write]
-        argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write)]
+        group_args, group_fds = self._group_pipes()
+        passed = [results_write, *group_fds]
+        argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write), *group_args]
+        if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
+            argv.append("--own-pid-namespace")
+        units = sum(len(GROUP_UNITS[g]) for g in self.groups)
+        limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60))
+        files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
+
+        def run_sandbox():
+            try:
+                self.outcome.sandbox = sandbox.run_worker(
+                    argv, readonly_files=files, limits=limits, allow_unsandboxed=allow_unsandboxed,
+                    pass_fds=tuple(passed), cancel=self._cancel)
+            except BaseException as exc:  # run_worker has closed the passed descriptors
+                self.outcome.error = f"{type(exc).__name__}: {exc}"
+
+        # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
+        # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
+        self._threads = [threading.Thread(target=run_sandbox, name="sandbox", daemon=True),
+                         threading.Thread(target=self._read_reports, name="reports", daemon=True)]
+        self._served_threads = []
+        for thread in self._threads:
+            thread.start()
+
+    def _group_pipes(self) -> tuple[list[str], list[int]]:
+        """(worker.py's --group arguments, the worker's ends of the pipes they name): a job pipe
+        for each group, and a request and a reply pipe for each group that is served."""
+        args, passed = [], []
         for group in self.groups:
             job_read, self._jobs[group] = os.pipe()
             passed.append(job_read)
@@ -122,29 +154,8 @@ class Workers:
                 self._served[group] = (request_read, reply_write)
                 passed += [request_write, reply_read]
                 spec += f":{request_write},{reply_read}"
-            argv += ["--group", spec]
-        if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
-            argv.append("--own-pid-namespace")
-        units = sum(len(GROUP_UNITS[g]) for g in self.groups)
-        limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60),
-                                **SANDBOX_LIMITS)
-        files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
-
-        def run():
-            try:
-                self.outcome.sandbox = sandbox.run_worker(
-                    argv, readonly_files=files, limits=limits, allow_unsandboxed=allow_unsandboxed,
-                    pass_fds=tuple(passed), cancel=self._cancel)
-            except BaseException as exc:  # run_worker has closed the passed descriptors
-                self.outcome.error = f"{type(exc).__name__}: {exc}"
-
-        # Daemon threads: should this process end without wait() (Ctrl-C at the wrong
-        # moment), it does not wait for the sandbox, which dies with it (--die-with-parent).
-        self._threads = [threading.Thread(target=run, name="sandbox", daemon=True),
-                         threading.Thread(target=self._read_reports, name="reports", daemon=True)]
-        self._served_threads = []
-        for thread in self._threads:
-            thread.start()
+            args += ["--group", spec]
+        return args, passed
 
     def send(self, group: str, blob: bytes, service=None) -> None:
         """Give a group its job (written on a thread: the worker reads it only when the
@@ -177,6 +188,13 @@ class Workers:
         return self.outcome
 
     close = wait
+
+    def __enter__(self) -> "SubmissionSandbox":
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        self.wait()
+        return False
 
     def _read_reports(self) -> None:
         """Collect the worker's frames; stop the sandbox when it goes silent for longer than
