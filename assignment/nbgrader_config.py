@@ -22,15 +22,30 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
                                     LimitOutput, SaveAutoGrades)
 
-from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus  # noqa: E402
+try:
+    from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus
+except ImportError as exc:
+    # nbgrader ignores a configuration file that raises, and its stock autograde then runs
+    # every student notebook in a kernel, unsandboxed: refuse to autograde instead.
+    from nbgrader.preprocessors import NbGraderPreprocessor
 
-c.Autograde.autograde_preprocessors = [
-    KitGrader, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
-    KitRecordStatus, AssignLatePenalties, CheckCellMetadata,
-]
-c.KitGrader.device = "cpu"  # "auto" uses a GPU when there is one
-# Grade each student's own submission as `python -m autograder batch` does (make autograde
-# JOBS=N), reusing the results it stored in grader_results/.
-c.KitGrader.course_dir = str(COURSE_DIR)
-# grades.csv with a `status` column; a NOT GRADED submission has no score there.
-c.ExportApp.plugin_class = KitCsvExport
+    _WHY = (f"the kit's grader cannot be imported here ({exc}): autograde from the repository "
+            "(make autograde, or PYTHONPATH=<the repository>); nbgrader's own autograde would "
+            "run student code unsandboxed, so nothing was graded")
+
+    class KitGrader(NbGraderPreprocessor):
+        def preprocess(self, nb, resources):
+            raise RuntimeError(_WHY)
+
+    c.Autograde.autograde_preprocessors = [KitGrader]
+else:
+    c.Autograde.autograde_preprocessors = [
+        KitGrader, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+        KitRecordStatus, AssignLatePenalties, CheckCellMetadata,
+    ]
+    c.KitGrader.device = "cpu"  # "auto" uses a GPU when there is one
+    # Grade each student's own submission as `python -m autograder batch` does (make
+    # autograde JOBS=N), reusing the results it stored in grader_results/.
+    c.KitGrader.course_dir = str(COURSE_DIR)
+    # grades.csv with a `status` column; a NOT GRADED submission has no score there.
+    c.ExportApp.plugin_class = KitCsvExport

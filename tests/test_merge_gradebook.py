@@ -20,6 +20,7 @@ from autograder import __main__ as cli
 from autograder import batch, checks, grade
 from conftest import COCO_PT, REPO_ROOT
 from grading import write_submission
+from solution import source as reference
 
 pytestmark = pytest.mark.slow  # nbgrader: not in make test-fast
 
@@ -62,3 +63,20 @@ def test_merge_fills_the_gradebook_of_a_course_outside_the_repository(tmp_path, 
         rows = {row["student_id"]: row for row in csv.DictReader(f)}
     assert {s: float(r["score"]) for s, r in rows.items()} == {"amy": 100.0, "bo": 97.0}
     assert (course / "gradebook.db").is_file()
+
+
+def test_nbgrader_without_the_kit_refuses_to_autograde_rather_than_run_student_code(tmp_path):
+    """nbgrader ignores a configuration file that raises: when the kit's config could not
+    import autograder, nbgrader's stock autograde ran every submitted notebook in a kernel,
+    unsandboxed (the test above met it as a wrong score)."""
+    course = tmp_path / "course"
+    release(course)
+    marker = tmp_path / "student code ran"
+    cell = f"open({str(marker)!r}, 'w').close()\n" + reference.unit_source("rnn_step_forward")
+    write_submission(course / "submitted" / "eve" / batch.ASSIGNMENT / batch.NOTEBOOK, {"rnn_step_forward": cell})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", batch.ASSIGNMENT, "--force"],
+                          cwd=course, env=env, capture_output=True, text=True, timeout=900)
+    assert not marker.exists(), "nbgrader executed the student's notebook"
+    assert "the kit's grader cannot be imported here" in done.stdout + done.stderr, done.stderr[-2000:]
