@@ -155,7 +155,7 @@ test: setup lint
 	$(PY) -m pytest
 
 # Every test but the slow ones (whole gradings, batches, nbgrader, the notebook, the command
-# line): about 1.5 minutes here, for every change; CI runs the whole suite.
+# line): about 2-3 minutes here, for every change; CI runs the whole suite.
 test-fast: setup lint
 	$(PY) -m pytest -m "not slow"
 
