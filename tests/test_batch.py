@@ -85,7 +85,10 @@ def test_ctrl_c_leaves_only_whole_results_and_the_next_run_resumes(tmp_path):
     for student in ("erin", "frank", "grace"):
         write_submission(tmp_path / "submitted" / student / NOTEBOOK)
     results = tmp_path / batch.RESULTS_DIR
-    run = run_batch(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # A shell's background job (`make test &`) ignores SIGINT, and Python then keeps ignoring
+    # it: the batch must get Ctrl-C as a terminal gives it.
+    run = run_batch(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     while not (results.is_dir() and list(results.glob("*.json"))) and time.monotonic() < deadline:
         time.sleep(0.2)
