@@ -175,19 +175,14 @@ def not_graded_reason(result: grade.GradeResult) -> str:
     return (said or reasons or result.notes or ["the grader failed"])[0]
 
 
-def _zero_tests(reason: str) -> list[grade.TestResult]:
-    return [grade.TestResult(unit, test, 0, points, reason)
-            for unit, tests in checks.load_points().items() for test, points in tests.items()]
-
-
 def nothing_to_grade(reason: str, device: str = "cpu") -> grade.GradeResult:
     """0 for every test, with the reason: the student submitted nothing gradable."""
-    return grade.GradeResult(_zero_tests(reason), [reason], "", device)
+    return grade.zero_result(checks.load_points(), reason, [reason], "", device)
 
 
 def not_graded(reason: str, diagnostics: dict | None = None, device: str = "cpu") -> grade.GradeResult:
     """A NOT GRADED outcome: no score; the reason says what failed (not the student)."""
-    result = grade.GradeResult(_zero_tests(f"NOT GRADED: {reason}"), [f"NOT GRADED: {reason}"], "", device)
+    result = grade.zero_result(checks.load_points(), f"NOT GRADED: {reason}", [f"NOT GRADED: {reason}"], "", device)
     result.status = grade.NOT_GRADED
     result.diagnostics = dict(diagnostics or {})
     return result
@@ -440,7 +435,7 @@ def missing_result(device: str = "cpu") -> grade.GradeResult:
     """No stored result for this submission: no score, status MISSING, and what to do."""
     reason = ("no stored result for this submission under the current grader, data and secret: "
               "its shard has not run or did not finish (run that shard again)")
-    result = grade.GradeResult(_zero_tests(reason), [reason], "", device)
+    result = grade.zero_result(checks.load_points(), reason, [reason], "", device)
     result.status = MISSING
     return result
 

@@ -88,6 +88,7 @@ def grading_conditions(device: str, allow_unsandboxed: bool) -> tuple[str, str]:
 
 
 def zero_result(points, reason: str, notes=None, mode="", device="cpu") -> GradeResult:
+    """0 for every test of points ({unit: {test: points}}), each with reason."""
     tests = [TestResult(u, t, 0, p, reason) for u, ts in points.items() for t, p in ts.items()]
     return GradeResult(tests, notes or [], mode, device)
 

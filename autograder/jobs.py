@@ -8,8 +8,7 @@ job holds reference code, expected values or the secret.
 
 import ast
 
-from autograder import forbidden, wire
-from autograder import submission_sandbox
+from autograder import forbidden, submission_sandbox, wire
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
 from autograder.submission_sandbox import SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS
 from solution import source as reference_source

@@ -249,7 +249,7 @@ def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsa
 
 
 def _completed(result: SandboxResult, cgroups: _Cgroups, defences: list[str],
-                   missing: list[str]) -> SandboxResult:
+               missing: list[str]) -> SandboxResult:
     """result, given the limit that killed it (when it was not killed otherwise) and the lists
     of defences applied and missing (the cgroups' first; they are removed here)."""
     result.killed_reason = result.killed_reason or _reason_from_status(result.returncode, cgroups)

@@ -232,3 +232,15 @@ def unpack_job(data: bytes):
     """(description, the .npz: its inputs are read lazily) of a job's bytes."""
     inputs = np.load(io.BytesIO(data), allow_pickle=False)
     return json.loads(inputs[JOB_DESCRIPTION].tobytes()), inputs
+
+
+class UnitInputs:
+    """An unpacked job's inputs of one unit, keyed case_key(...) as pack_job was given them
+    (read lazily)."""
+
+    def __init__(self, npz, unit: str):
+        self._npz, self._prefix = npz, unit + "/"
+        self.files = [k[len(self._prefix):] for k in npz.files if k.startswith(self._prefix)]
+
+    def __getitem__(self, key):
+        return self._npz[self._prefix + key]

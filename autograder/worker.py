@@ -348,7 +348,7 @@ def run_units(job: dict, inputs, results_fd: int, served_fds: tuple[int, ...], p
                 os.dup2(devnull, 2)
                 if served_fds:
                     served.connect(*served_fds)
-                run_unit(unit, _UnitInputs(inputs, name), job, write_fd)
+                run_unit(unit, wire.UnitInputs(inputs, name), job, write_fd)
             except BaseException:
                 code = 1
             finally:
@@ -378,17 +378,6 @@ def main(results_fd: int, groups: list[tuple[int, tuple[int, ...]]], preload: li
             os.close(fd)
             private.discard(fd)
     os.close(results_fd)
-
-
-class _UnitInputs:
-    """The entries of inputs.npz under "<unit>/", with that prefix removed (lazy)."""
-
-    def __init__(self, npz, unit: str):
-        self._npz, self._prefix = npz, unit + "/"
-        self.files = [k[len(self._prefix):] for k in npz.files if k.startswith(self._prefix)]
-
-    def __getitem__(self, key):
-        return self._npz[self._prefix + key]
 
 
 def parse_arguments(argv: list[str]) -> tuple[int, list[tuple[int, tuple[int, ...]]], list[str]]:

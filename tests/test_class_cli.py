@@ -55,15 +55,20 @@ def test_an_unreadable_data_file_is_named_with_what_is_wrong(tmp_path):
     assert done.returncode == 2 and "is not the captioning data set (no vocab" in done.stderr
 
 
-def test_points_not_totalling_100_are_an_error_with_a_message(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("change, message", [
+    (("forward = 4", "forward = 5"), "sums to 101, not 100"),
+    (("[LSTM]\n", "[LSTM]\nbackward = 0\n"), "no @graded_test for LSTM.backward"),  # graded_tests.py
+])
+def test_points_the_grader_refuses_are_an_error_with_a_message(tmp_path, monkeypatch, capsys, change, message):
     points = tmp_path / "points.toml"
-    points.write_text(checks.POINTS_FILE.read_text().replace("forward = 4", "forward = 5", 1))
+    points.write_text(checks.POINTS_FILE.read_text().replace(*change, 1))
     monkeypatch.setattr(checks, "POINTS_FILE", points)
     monkeypatch.setenv("CAPTIONING_GRADER_SECRET", "cli tests")
     code = cli.main(["grade", str(write_submission(tmp_path / "s.ipynb")),
                      "--results", str(tmp_path / "r.json"), "--data", str(COCO_PT)])
     assert code == 2
-    assert "sums to 101, not 100" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_not_graded_exits_3_and_says_so(tmp_path, monkeypatch, capsys):
