@@ -8,6 +8,9 @@
 4. isolate and run: the units in the submission's sandbox, group after group (jobs.py says
    what a sandbox is sent, submission_sandbox.py how it runs, worker.py what runs inside);
 5. compare and score: each unit's reported outputs against the expected ones (scoring.py);
+   a unit that lost points while a collaborator it relies on fails its own tests is judged
+   again with the grader's collaborators in their place, and keeps the better result
+   (collaborators.py);
 6. report: the GradeResult, written by the caller (reports.py, batch.py, nbgrader).
 
 Who can touch what: no sandbox holds reference code, expected values or the secret; a
@@ -26,15 +29,16 @@ import json
 import os
 import secrets
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from autograder import checks, forbidden, graded_tests, jobs, sandbox
+from autograder import checks, collaborators, forbidden, graded_tests, jobs, sandbox
 from autograder.reports import NOT_GRADED, GradeResult, TestResult, clean_text
 from autograder.scoring import StudentText, UnitReport, parse_report, score_unit
 from autograder.submission import SubmissionError, read_solution_cells
-from autograder.submission_sandbox import STUDENT_DEPENDENCIES, UNITS, WORKER_GROUPS, SubmissionSandbox
+from autograder.submission_sandbox import STUDENT_DEPENDENCIES, UNITS, WORKER_GROUPS, Group, SubmissionSandbox
 from solution import source as reference_source
 
 SECRET_FILE = Path(__file__).resolve().parent / ".grader_secret"
@@ -59,16 +63,20 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
             cells, notes = read_solution_cells(notebook, UNITS)  # 1. extract
         except SubmissionError as exc:
             return zero_result(points, clean_text(exc), [clean_text(exc)], mode, device)
-        excluded = screen(cells)  # 2. screen
+        own_exclusions = screen(cells)  # 2. screen
+        excluded = {**without_cache(own_exclusions), **own_exclusions}
         tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco,
                                    fixture or checks.CaptionerFixture(coco))  # 3. draw
         runnable = {u for u in UNITS if u not in excluded}
-        reports, not_graded, diagnostics = run_units(runnable, cells, tests, device,
-                                                     allow_unsandboxed, started)  # 4. isolate, run
+        run = RunContext(cells, tests, device, allow_unsandboxed)
+        reports, not_graded, diagnostics = run_units(WORKER_GROUPS, runnable, run, started)  # 4. isolate, run
+    results = score(tests, excluded, reports)  # 5. compare, score
+    if not not_graded:
+        results, more_notes, not_graded = judge_again(results, set(own_exclusions), runnable, run, diagnostics)
+        notes = notes + more_notes
     if not_graded:
         return GradeResult([TestResult(t.unit, t.name, 0, t.points, "NOT GRADED") for t in tests],
                            notes + [f"NOT GRADED: {not_graded}"], mode, device, NOT_GRADED, diagnostics)
-    results = score(tests, excluded, reports)  # 5. compare, score
     return GradeResult(results, notes, mode, device, diagnostics=diagnostics)
 
 
@@ -125,9 +133,9 @@ def submission_seed(secret: bytes, cells: dict[str, str]) -> int:
 
 
 def screen(cells: dict[str, str]) -> dict[str, str]:
-    """{unit: why it is not run at all}: missing, unparsable or forbidden cells, and the
-    units that need such a cell's code. Names resolve through the imports of every cell and
-    of the provided code, as they do in the notebook."""
+    """{unit: why its cell cannot run at all}: missing, unparsable or forbidden cells.
+    Names resolve through the imports of every cell and of the provided code, as they do in
+    the notebook."""
     excluded = {}
     for unit in UNITS:
         if unit not in cells:
@@ -145,17 +153,30 @@ def screen(cells: dict[str, str]) -> dict[str, str]:
     for unit, found in findings.items():
         if found:
             excluded[unit] = "uses what the assignment forbids: " + "; ".join(found)[:200]
-    for unit, needs in STUDENT_DEPENDENCIES.items():
-        for need in needs:
-            if need in excluded and unit not in excluded:
-                excluded[unit] = f"needs your {need} (for its cache), which cannot run: {excluded[need]}"
     return excluded
 
 
-def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: bool,
+def without_cache(excluded: dict[str, str]) -> dict[str, str]:
+    """{unit: why}: the units that need the cache of an excluded unit's forward pass."""
+    return {unit: f"needs your {need} (for its cache), which cannot run: {excluded[need]}"
+            for unit, needs in STUDENT_DEPENDENCIES.items() for need in needs if need in excluded}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every sandbox of one grading is given: the cells, the tests, the device."""
+
+    cells: dict[str, str]
+    tests: list
+    device: str
+    allow_unsandboxed: bool
+
+
+def run_units(groups: tuple[Group, ...], runnable: set[str], run: RunContext,
               started: SubmissionSandbox | None) -> tuple[dict, str, dict]:
-    """Run every runnable unit in the submission's sandbox, group after group: ({unit:
-    UnitReport}, why the submission cannot be graded or "", instructor-only diagnostics).
+    """Run the runnable units of groups in the submission's sandbox, group after group:
+    ({unit: UnitReport}, why the submission cannot be graded or "", instructor-only
+    diagnostics).
 
     A sandbox that ends before all its units have ended is started again for the rest. The
     unit running when a sandbox died is blamed once it has happened twice (it then gets
@@ -163,17 +184,17 @@ def run_units(runnable: set[str], cells, tests, device: str, allow_unsandboxed: 
     sandbox that fails twice with no unit to blame (its start, a machine too busy) makes
     the submission NOT GRADED.
     """
-    pending = {group: [u for u in units if u in runnable] for group, units in WORKER_GROUPS}
+    pending = {group: [u for u in group.units if u in runnable] for group in groups}
     reports, deaths, failures, diagnostics = {}, Counter(), 0, {}
     for attempt in itertools.count(1):
         waiting = [u for units in pending.values() for u in units]
         if not waiting:
             return reports, "", diagnostics
-        groups = [group for group, units in pending.items() if units]
-        with started or SubmissionSandbox(allow_unsandboxed, groups=groups) as box:
-            for group, units in pending.items():
-                if units:
-                    box.send(group, jobs.job_blob(units, cells, tests, device, runnable), jobs.service_for(units))
+        needed = tuple(group for group, units in pending.items() if units)
+        with started or SubmissionSandbox(run.allow_unsandboxed, groups=needed) as box:
+            for group in needed:
+                box.send(group.name, jobs.job_blob(group, pending[group], run.cells, run.tests, run.device,
+                                                   runnable), jobs.service_for(group))
         started = None
         outcome = box.outcome
         busy = take_reports(outcome, waiting, reports)
@@ -233,3 +254,19 @@ def score(tests, excluded: dict[str, str], reports: dict[str, UnitReport]) -> li
             by_unit[unit] = score_unit(unit, tests, reports[unit], budget)
     results = {(r.unit, r.test): r for unit_results in by_unit.values() for r in unit_results}
     return [results[(t.unit, t.name)] for t in tests if (t.unit, t.name) in results]
+
+
+def judge_again(results: list[TestResult], own_exclusions: set[str], runnable: set[str], run: RunContext,
+                diagnostics: dict) -> tuple[list[TestResult], list[str], str]:
+    """Step 5, continued: each unit that lost points while a collaborator it relies on fails
+    its own tests is run again, with the grader's version of that collaborator served
+    (collaborators.py): (every test's result, notes, why the submission cannot be graded)."""
+    retries = collaborators.plan(results, own_exclusions, run.cells, runnable)
+    if not retries:
+        return results, [], ""
+    groups = tuple(r.group for r in retries)
+    reports, not_graded, more = run_units(groups, runnable | {r.unit for r in retries}, run, None)
+    diagnostics.update({f"judged again, {key}": value for key, value in more.items()})
+    again = score(run.tests, {}, reports)
+    merged, notes = collaborators.merge(results, {u: [r for r in again if r.unit == u] for u in reports}, retries)
+    return merged, notes, not_graded

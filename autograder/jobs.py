@@ -10,7 +10,7 @@ import ast
 
 from autograder import forbidden, submission_sandbox, wire
 from autograder.reference_service import ReferenceService, callable_names, served_definitions
-from autograder.submission_sandbox import SERVED_DEPENDENCIES, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS
+from autograder.submission_sandbox import STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS, Group
 from solution import source as reference_source
 
 
@@ -25,32 +25,36 @@ def names_used(code: str) -> set[str]:
     return {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
 
 
-def student_code_for(unit: str, cells: dict[str, str], runnable: set[str]) -> list[str]:
-    """The units whose student code runs with unit, in notebook order, unit last.
+def student_code_for(unit: str, cells: dict[str, str], runnable: set[str], served=()) -> list[str]:
+    """The units whose student code runs with unit, in notebook order, unit last; never
+    those served to it.
 
     A helper unit joins only when the unit's code calls it, so that a broken helper cell
     costs nothing to a unit that does not use it.
     """
-    wanted = {unit, *STUDENT_DEPENDENCIES.get(unit, ())}
+    wanted = {unit, *STUDENT_DEPENDENCIES.get(unit, ())} - set(served)
     while True:  # a helper's own calls count too (rnn_forward's call of rnn_step_forward)
         used = set().union(*(names_used(cells[u]) for u in wanted))
-        more = {h for h in STUDENT_HELPERS.get(unit, ()) if h in runnable and h in used} - wanted
+        more = {h for h in STUDENT_HELPERS.get(unit, ())
+                if h in runnable and h in used and h not in served} - wanted
         if not more:
             return [u for u in UNITS if u in wanted and u != unit] + [unit]
         wanted |= more
 
 
-def unit_code(unit: str, cells: dict[str, str], runnable: set[str], preamble: str) -> list[dict]:
+def unit_code(unit: str, served: tuple[str, ...], cells: dict[str, str], runnable: set[str],
+              preamble: str) -> list[dict]:
     """The code a unit's process runs, in order: the provided code, stand-ins for the units
     served to it, then the student's cells it needs."""
     code = [{"name": "provided code", "source": preamble}]
-    if unit in SERVED_DEPENDENCIES:
-        code.append({"name": "served", "served": served_definitions(SERVED_DEPENDENCIES[unit])})
-    return code + [{"name": u, "source": cells[u]} for u in student_code_for(unit, cells, runnable)]
+    if served:
+        code.append({"name": "served", "served": served_definitions(served)})
+    return code + [{"name": u, "source": cells[u]} for u in student_code_for(unit, cells, runnable, served)]
 
 
-def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str]) -> bytes:
-    """Everything one worker group needs (runnable: the units whose cells may run)."""
+def job_blob(group: Group, units, cells: dict[str, str], tests, device: str, runnable: set[str]) -> bytes:
+    """Everything one worker group needs for units, some of its own (runnable: the units
+    whose cells may run)."""
     description = {"device": device, "unit_seconds": submission_sandbox.UNIT_SECONDS,
                    "unit_cpu_seconds": submission_sandbox.UNIT_CPU_SECONDS,
                    "unit_wall_seconds": submission_sandbox.UNIT_WALL_SECONDS,
@@ -59,7 +63,7 @@ def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str
     for unit in units:
         unit_tests = [t for t in tests if t.unit == unit]
         description["units"].append({
-            "unit": unit, "code": unit_code(unit, cells, runnable, preamble),
+            "unit": unit, "code": unit_code(unit, group.served, cells, runnable, preamble),
             "tests": [{"test": t.name, "cases": len(t.cases), "shared": t.shared} for t in unit_tests],
             "no_autograd": unit in forbidden.HAND_WRITTEN_BACKWARD})
         inputs[unit] = {wire.case_key(t.name, index, name): value.numpy()
@@ -68,10 +72,8 @@ def job_blob(units, cells: dict[str, str], tests, device: str, runnable: set[str
     return wire.pack_job(description, inputs)
 
 
-def service_for(units) -> ReferenceService | None:
-    """The reference service a group's sandbox calls, if its units need one."""
-    names = set()
-    for unit in units:
-        if unit in SERVED_DEPENDENCIES:
-            names |= callable_names(served_definitions(SERVED_DEPENDENCIES[unit]))
-    return ReferenceService(names) if names else None
+def service_for(group: Group) -> ReferenceService | None:
+    """The reference service a group's sandbox calls, if it is served."""
+    if not group.served:
+        return None
+    return ReferenceService(callable_names(served_definitions(group.served)), gradients=group.gradients)

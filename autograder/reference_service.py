@@ -1,17 +1,19 @@
 """The grader's side of served.py: the reference collaborators of a unit, run here on request.
 
-A sandbox that grades AttentionLSTM or CaptioningRNN gets stand-ins for the other units
-(served.py). Each call of a stand-in arrives here as a frame (wire.py): the name of a
-function or method that this sandbox may call, and its arguments as plain arrays. The
-reference runs on them in this process (student code never does) and the result, or the
-gradients of a backward pass, goes back. Nothing else is answered: no source, no hidden
-input, no expected value.
+A sandbox that grades AttentionLSTM or CaptioningRNN, or a unit judged again with correct
+collaborators, gets stand-ins for other units (served.py). Each call of a stand-in arrives
+here as a frame (wire.py): the name of a function or method that this sandbox may call,
+and its arguments as plain arrays. The reference runs on them in this process (student
+code never does) and the result goes back, or the gradients of a backward pass where the
+group may have them (never to a unit judged again: the gradients of rnn_step_forward are
+rnn_step_backward's answer). Nothing else is answered: no source, no hidden input, no
+expected value.
 
 What a hostile sandbox can make this process do is bounded and deterministic: at most
 MAX_CALLS calls of at most wire.MAX_CALL_ELEMENTS array elements each (every legitimate
 call is far below both), and CPU_SECONDS of this thread's CPU time in all, for each served
-unit (AttentionLSTM, CaptioningRNN) each time it runs. A frame over its bounds ends the
-service for that unit (served.py never sends one).
+unit each time it runs. A frame over its bounds ends the service for that unit (served.py
+never sends one).
 """
 
 import os
@@ -55,8 +57,9 @@ def callable_names(definitions: dict) -> set[str]:
 class ReferenceService:
     """Answers one sandbox's calls until it closes its end (run on a thread of its own)."""
 
-    def __init__(self, names: set[str]):
+    def __init__(self, names: set[str], gradients: bool = True):
         self.names = names
+        self.ops = ("forward", "backward") if gradients else ("forward",)
         self.calls = 0
         self.cpu_seconds = 0.0
 
@@ -95,8 +98,9 @@ class ReferenceService:
             raise _Refused(f"too many calls of the provided functions (at most {MAX_CALLS} calls "
                            f"and {CPU_SECONDS:.0f} s of the grader's computing for this unit)")
         name, op = header.get("name"), header.get("op")
-        if name not in self.names or op not in ("forward", "backward"):
-            raise _Refused(f"{str(name)[:60]} is not provided here")
+        if name not in self.names or op not in self.ops:
+            what = "its gradients are" if name in self.names and op == "backward" else f"{str(name)[:60]} is"
+            raise _Refused(f"{what} not provided here")
         try:
             value = wire.unpack(header.get("value"), payload, wire.MAX_CALL_ELEMENTS, torch.from_numpy,
                                 max_dim=wire.MAX_CALL_DIM, max_dims=4)

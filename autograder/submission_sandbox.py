@@ -17,6 +17,12 @@ units graded after it, and those are served everything it could learn: informati
 forward in time only, never into a result already reported. (Three sandboxes, one per
 group, cost three torch imports per submission; the order gives the same guarantee for one.)
 
+Round two (collaborators.py) starts a second sandbox, only for a submission that needs it:
+one group per unit judged again, in notebook order, served forward passes only. Forward
+values can be computed from the assignment's equations; the one served answer worth having,
+rnn_step_backward's, goes only to rnn_backward, judged last. A second sandbox, because
+round one's captioner group, served everything (gradients too), ran last in the first.
+
 The sandbox (sandbox.py: its own user, pid, network, ipc and mount namespaces and private
 /tmp; nothing of this machine is writable) starts before its jobs exist (it imports torch
 meanwhile); each group's job goes down a pipe of its own, the reports come back as frames
@@ -64,17 +70,34 @@ STUDENT_DEPENDENCIES = {"rnn_step_backward": ("rnn_step_forward",), "rnn_backwar
 # CS231n way writes the sequence functions with calls to the step functions.
 STUDENT_HELPERS = {"rnn_forward": ("rnn_step_forward",),
                    "rnn_backward": ("rnn_step_forward", "rnn_step_backward")}
-# These units' tests use the reference behaviour of other units, served by the grader.
-SERVED_DEPENDENCIES = {
-    "AttentionLSTM": ("LSTM", "dot_product_attention"),
-    "CaptioningRNN": tuple(u for u in UNITS if u != "CaptioningRNN"),
-}
+# Every unit whose student code may run with a unit: where a bug of theirs can cost it.
+STUDENT_COLLABORATORS = {u: tuple(c for c in UNITS if c in STUDENT_DEPENDENCIES.get(u, ()) + STUDENT_HELPERS.get(u, ()))
+                         for u in UNITS if u in STUDENT_DEPENDENCIES or u in STUDENT_HELPERS}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Units graded one after the other in one sandbox, and the units whose reference
+    behaviour the grader serves them (all of it, or, for a unit judged again, forward
+    passes only: a hand-written backward pass must not obtain its answer as a gradient)."""
+
+    name: str
+    units: tuple[str, ...]
+    served: tuple[str, ...] = ()
+    gradients: bool = True
+
+
+# Round one: AttentionLSTM and CaptioningRNN are tested with correct collaborators served.
 WORKER_GROUPS = (
-    ("units", tuple(u for u in UNITS if u not in SERVED_DEPENDENCIES)),
-    ("attention_lstm", ("AttentionLSTM",)),
-    ("captioner", ("CaptioningRNN",)),
+    Group("units", tuple(u for u in UNITS if u not in ("AttentionLSTM", "CaptioningRNN"))),
+    Group("attention_lstm", ("AttentionLSTM",), ("LSTM", "dot_product_attention")),
+    Group("captioner", ("CaptioningRNN",), tuple(u for u in UNITS if u != "CaptioningRNN")),
 )
-GROUP_UNITS = dict(WORKER_GROUPS)
+
+
+def again_group(unit: str, served: tuple[str, ...]) -> Group:
+    """Round two: unit judged again, in a sandbox of its own (collaborators.py)."""
+    return Group(f"again:{unit}", (unit,), served, gradients=False)
 
 
 @dataclass
@@ -106,11 +129,11 @@ class SandboxOutcome:
 
 
 class SubmissionSandbox:
-    """The sandbox of one submission, started at once: it runs the given groups in the
-    order of WORKER_GROUPS, each once ``send`` has given it its job."""
+    """The sandbox of one submission, started at once: it runs the given groups in their
+    order, each once ``send`` has given it its job."""
 
-    def __init__(self, allow_unsandboxed: bool = False, groups=None):
-        self.groups = [g for g, _ in WORKER_GROUPS if groups is None or g in groups]
+    def __init__(self, allow_unsandboxed: bool = False, groups: tuple[Group, ...] = WORKER_GROUPS):
+        self.groups = groups
         self.outcome = SandboxOutcome()
         self._cancel = threading.Event()
         self._jobs, self._served = {}, {}  # group -> our end of its job pipe, of its served pipes
@@ -120,7 +143,7 @@ class SubmissionSandbox:
         argv = [str(AUTOGRADER_DIR / "worker.py"), "--results", str(results_write), *group_args]
         if sandbox.sandbox_status()[0]:  # bwrap: every other process there is this sandbox's
             argv.append("--own-pid-namespace")
-        units = sum(len(GROUP_UNITS[g]) for g in self.groups)
+        units = sum(len(g.units) for g in self.groups)
         limits = sandbox.Limits(wall_seconds=STARTUP_SECONDS + units * (UNIT_WALL_SECONDS + 60))
         files = [AUTOGRADER_DIR / name for name in WORKER_FILES]
 
@@ -145,13 +168,13 @@ class SubmissionSandbox:
         for each group, and a request and a reply pipe for each group that is served."""
         args, passed = [], []
         for group in self.groups:
-            job_read, self._jobs[group] = os.pipe()
+            job_read, self._jobs[group.name] = os.pipe()
             passed.append(job_read)
             spec = str(job_read)
-            if any(u in SERVED_DEPENDENCIES for u in GROUP_UNITS[group]):
+            if group.served:
                 request_read, request_write = os.pipe()
                 reply_read, reply_write = os.pipe()
-                self._served[group] = (request_read, reply_write)
+                self._served[group.name] = (request_read, reply_write)
                 passed += [request_write, reply_read]
                 spec += f":{request_write},{reply_read}"
             args += ["--group", spec]

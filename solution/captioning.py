@@ -137,7 +137,9 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
 
     Returns a tuple of:
     - next_h: (N, H) next hidden state
-    - cache: what rnn_step_backward needs
+    - cache: what rnn_step_backward needs. Laid out as (x, prev_h, Wx, Wh, next_h), as the
+      grader's is, it lets the grader judge your rnn_step_backward on its own even while
+      this function has a bug.
     """
     next_h, cache = None, None
     ### BEGIN SOLUTION
@@ -183,7 +185,8 @@ def rnn_forward(x, h0, Wx, Wh, b):
 
     Returns a tuple of:
     - h: (N, T, H) hidden states of every timestep
-    - cache: what rnn_backward needs
+    - cache: what rnn_backward needs (the grader's is (x, h0, Wx, Wh, h); a list of the
+      step caches suits an rnn_backward that calls rnn_step_backward)
     """
     h, cache = None, None
     ### BEGIN SOLUTION

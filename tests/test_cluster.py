@@ -169,11 +169,12 @@ def test_merge_without_an_nbgrader_course_says_it_builds_no_gradebook(fake_class
 
 
 def test_a_shards_time_and_memory_follow_the_graders_limits(monkeypatch):
-    # Worked by hand from the limits' meaning: a 300 s start, 45 s for each of the 10 units,
-    # 20 s of the reference's computing for each of the 2 served groups: 790 s.
-    units = len(submission_sandbox.UNITS)
-    per = submission_sandbox.STARTUP_SECONDS + units * submission_sandbox.UNIT_SECONDS + 2 * 20
-    assert units == 10 and per == 790 and limits.seconds_per_submission() == per
+    # Worked by hand from the limits' meaning: two 300 s starts (the second for the units
+    # judged again), 45 s for each of the 10 units and the 3 that may be judged again, 20 s
+    # of the reference's computing for each of the 2 served groups and the 3 again: 1285 s.
+    units = len(submission_sandbox.UNITS) + 3
+    per = 2 * submission_sandbox.STARTUP_SECONDS + units * submission_sandbox.UNIT_SECONDS + 5 * 20
+    assert units == 13 and per == 1285 and limits.seconds_per_submission() == per
     assert limits.shard_seconds(5, 2) == submission_sandbox.STARTUP_SECONDS + 3 * per  # 3 rounds of 2 jobs
     assert limits.shard_memory_bytes(2) == 2 * (3 << 30) + 3 * (1 << 30)
     # imported, not restated:

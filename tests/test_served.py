@@ -132,3 +132,19 @@ def test_the_service_answers_only_its_names_and_within_its_budget(connected, mon
     namespace["dot_product_attention"](torch.zeros(1, 2), torch.zeros(1, 2, 4, 4))
     with pytest.raises(RuntimeError, match="too many calls"):
         namespace["dot_product_attention"](torch.zeros(1, 2), torch.zeros(1, 2, 4, 4))
+
+
+def test_a_forward_only_service_refuses_gradients():
+    """Round two's service (a unit judged again): rnn_step_forward's gradients would be
+    rnn_step_backward's answer, so only forward passes are answered."""
+    definitions = reference_service.served_definitions(["rnn_step_forward"])
+    service = reference_service.ReferenceService(reference_service.callable_names(definitions), gradients=False)
+    args = tuple(torch.ones(s, dtype=torch.float64) for s in [(1, 2), (1, 3), (2, 3), (3, 3), (3,)])
+    forward = {"args": args, "kwargs": {}, "params": {}}
+    tree, payload = wire.pack(forward, lambda t: t.numpy())
+    header, data = service._answer({"op": "forward", "name": "rnn_step_forward", "value": tree}, payload)
+    assert "value" in header
+    backward = {**forward, "grads": [torch.ones(1, 3)] + [torch.zeros(0)] * 5}
+    tree, payload = wire.pack(backward, lambda t: t.numpy())
+    with pytest.raises(reference_service._Refused, match="its gradients are not provided here"):
+        service._answer({"op": "backward", "name": "rnn_step_forward", "value": tree}, payload)

@@ -13,17 +13,20 @@ from autograder import batch, reference_service, submission_sandbox
 JOB_MEMORY_BYTES = batch.JOB_MEMORY_BYTES
 BATCH_PROCESS_BYTES = batch.GRADER_PROCESS_BYTES
 # The groups whose sandbox the grader serves reference behaviour to (its CPU time counts).
-SERVED_GROUPS = sum(1 for _, units in submission_sandbox.WORKER_GROUPS
-                    if any(u in submission_sandbox.SERVED_DEPENDENCIES for u in units))
+SERVED_GROUPS = sum(1 for group in submission_sandbox.WORKER_GROUPS if group.served)
+# Units that may be judged again with correct collaborators, each served, in a second sandbox.
+JUDGED_AGAIN = len(submission_sandbox.STUDENT_COLLABORATORS)
 
 
 def seconds_per_submission() -> int:
     """The longest one grading takes when every unit runs to its own-time limit: the
-    sandbox's start, each unit's limit, the reference's served computing. Not counted: a
-    unit run again because the machine was too busy (UNIT_WALL_SECONDS), which a cluster's
-    dedicated CPUs should not see; a shard cut short by it loses only what it had not stored."""
-    return (submission_sandbox.STARTUP_SECONDS + len(submission_sandbox.UNITS) * submission_sandbox.UNIT_SECONDS
-            + SERVED_GROUPS * math.ceil(reference_service.CPU_SECONDS))
+    sandboxes' starts (the second for units judged again), each unit's limit, the
+    reference's served computing. Not counted: a unit run again because the machine was
+    too busy (UNIT_WALL_SECONDS), which a cluster's dedicated CPUs should not see; a shard
+    cut short by it loses only what it had not stored."""
+    units = len(submission_sandbox.UNITS) + JUDGED_AGAIN
+    return (2 * submission_sandbox.STARTUP_SECONDS + units * submission_sandbox.UNIT_SECONDS
+            + (SERVED_GROUPS + JUDGED_AGAIN) * math.ceil(reference_service.CPU_SECONDS))
 
 
 def shard_sizes(students: int, shards: int) -> list[int]:

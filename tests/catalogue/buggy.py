@@ -4,8 +4,9 @@ Each Bug is one plausible student mistake in one graded unit: the reference code
 with text replacements applied (``edits``, each ``(old, new)`` or ``(old, new, count)``), or,
 where a replacement cannot express the mistake, the whole code of the unit (``code``).
 ``loses`` is the exact set of (unit, test) that must lose points: the unit's own tests it
-breaks, plus those that run the unit's code as a dependency (the backward tests run the
-student's own forward, for its cache) - and nothing else.
+breaks, and nothing else (a unit that relies on a failing one is judged again with the
+grader's in its place: autograder/collaborators.py). The one exception: a forward pass
+that passes its own tests but caches what its backward pass cannot use.
 
 ``MISSED`` names the bugs the grader currently does not grade as ``loses`` says it should
 (found by running this catalogue), with why; the test marks them xfail(strict=True).
@@ -136,7 +137,7 @@ BUGS = [
     # --- vanilla RNN, one step ---------------------------------------------------------
     bug("step_forward_no_bias", "rnn_step_forward",
         "prev_h.mm(Wh) + b)", "prev_h.mm(Wh))",
-        tests(STEP_FWD, STEP_BWD),  # the backward runs on this forward's cache
+        tests(STEP_FWD),  # the backward, fed this cache, is judged again with the grader's forward
         "forgot the bias in the affine part of the step"),
     bug("step_forward_caches_preactivation", "rnn_step_forward",
         "next_h = torch.tanh(x.mm(Wx) + prev_h.mm(Wh) + b)\n    cache = (x, prev_h, Wx, Wh, next_h)",
@@ -159,11 +160,11 @@ BUGS = [
     # --- vanilla RNN, a sequence -------------------------------------------------------
     bug("rnn_forward_no_feedback", "rnn_forward",
         "prev_h = torch.tanh(x_proj[:, t] + prev_h.mm(Wh))", "prev_h = torch.tanh(x_proj[:, t] + h0.mm(Wh))",
-        tests(SEQ_FWD, SEQ_BWD),
+        tests(SEQ_FWD),
         "fed h0 to every step instead of the previous step's hidden state"),
     bug("rnn_forward_stacked_on_time_first", "rnn_forward",
         "h = torch.stack(states, dim=1)", "h = torch.stack(states)",
-        tests(SEQ_FWD, SEQ_BWD),
+        tests(SEQ_FWD),
         "stacked the states as (T, N, H) instead of (N, T, H)"),
     bug("rnn_backward_tanh_twice", "rnn_backward",
         "(1 - h[:, t] * h[:, t])", "(1 - torch.tanh(h[:, t]) ** 2)",

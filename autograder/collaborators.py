@@ -1,0 +1,121 @@
+"""A bug costs points only in its own unit: units judged again with correct collaborators.
+
+The sequence functions may call the student's step functions, and a backward pass is
+given the cache of the student's own forward pass (STUDENT_COLLABORATORS), so in round
+one a bug in rnn_step_forward would also cost rnn_step_backward, rnn_forward and
+rnn_backward. A unit that loses points while a collaborator it relies on fails its own
+tests is therefore judged again (round two), in a sandbox of its own, with the grader's
+version of each such collaborator served in place of the student's; it keeps the better
+of its two results.
+
+Which collaborators are served: those that fail on their own (not merely because of
+another failing unit), with the other half of each forward/backward pair that shares a
+cache, so that the served pair reads its own cache. The student's rnn_forward calling a
+served rnn_step_forward then builds the caches a served rnn_step_backward reads.
+
+Round two gives no more than correct code earns: the unit's own code still computes all
+it is asked for, and served calls answer forward passes only (the gradients of
+rnn_step_forward are rnn_step_backward's answer). Where it does not help (a bug of the
+unit's own, or a cache laid out otherwise than the reference's), every failing test's
+reason names the collaborators it relied on.
+"""
+
+from dataclasses import dataclass
+
+from autograder import jobs
+from autograder.reports import TestResult, clean_text
+from autograder.submission_sandbox import STUDENT_COLLABORATORS, STUDENT_DEPENDENCIES, UNITS, Group, again_group
+
+# Forward and backward passes that share a cache, both ways.
+CACHE_PARTNERS = {**{f: b for b, fs in STUDENT_DEPENDENCIES.items() for f in fs},
+                  **{b: f for b, fs in STUDENT_DEPENDENCIES.items() for f in fs}}
+
+
+def relied_on(unit: str, cells: dict[str, str], runnable: set[str]) -> set[str]:
+    """The units whose student code ran with unit in round one, or would have run (a cache
+    it needs from a cell that cannot run)."""
+    if unit not in runnable:
+        return set(STUDENT_DEPENDENCIES.get(unit, ()))
+    return set(jobs.student_code_for(unit, cells, runnable)) - {unit}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A unit judged again: its round-two group (the unit, the grader's collaborators served
+    to it) and the cause, the student's collaborators it relied on that fail on their own."""
+
+    group: Group
+    causes: tuple[str, ...]
+
+    @property
+    def unit(self) -> str:
+        return self.group.units[0]
+
+
+def plan(results: list[TestResult], own_exclusions: set[str], cells: dict[str, str],
+         runnable: set[str]) -> list[Retry]:
+    """The units to judge again, in notebook order (each is served what the one before was,
+    or more: see submission_sandbox.py)."""
+    lost = {r.unit for r in results if r.score < r.max_score}
+    relies = {u: relied_on(u, cells, runnable) if u not in own_exclusions else set() for u in UNITS}
+    fails_alone = {u for u in lost if not relies[u] & lost}
+    retries = []
+    for unit, collaborators in STUDENT_COLLABORATORS.items():
+        if unit in lost and unit not in own_exclusions and relies[unit] & lost:
+            causes = relies[unit] & fails_alone
+            served = causes | {CACHE_PARTNERS[c] for c in causes if c in CACHE_PARTNERS} & set(collaborators)
+            if causes:
+                retries.append(Retry(again_group(unit, _in_order(served)), _in_order(causes)))
+    return retries
+
+
+def merge(results: list[TestResult], again: dict[str, list[TestResult]],
+          retries: list[Retry]) -> tuple[list[TestResult], list[str]]:
+    """(every test's result, notes): a unit judged again keeps the better of its two runs
+    (again: {unit: its round-two results})."""
+    kept, notes = {(r.unit, r.test): r for r in results}, []
+    for retry in retries:
+        unit, served = retry.unit, retry.group.served
+        first = [r for r in results if r.unit == unit]
+        second = again.get(unit, [])
+        if sum(r.score for r in second) > sum(r.score for r in first):
+            kept.update({(r.unit, r.test): r for r in second})
+            notes.append(f"{unit} was judged with the grader's {_names(served)} in place of yours, "
+                         f"because your {_names(retry.causes)} {_fail(retry.causes)} "
+                         f"{_their(retry.causes)} own tests: a bug costs points only in its own unit")
+        else:
+            why = _still_failing(retry, second)
+            kept.update({(r.unit, r.test): _with_reason(r, why) for r in first if r.score < r.max_score})
+    return [kept[(r.unit, r.test)] for r in results], notes
+
+
+def _still_failing(retry: Retry, second: list[TestResult]) -> str:
+    """Why the unit still loses points though the collaborators it relies on fail too."""
+    unit, causes = retry.unit, retry.causes
+    how = " and ".join(f"{'is given the cache of' if c in STUDENT_DEPENDENCIES.get(unit, ()) else 'runs with'} "
+                       f"your {c}" for c in causes)
+    again = next((r.reason for r in second if r.score < r.max_score), "")
+    tried = (f"; with the grader's {_names(retry.group.served)} in place of yours it fails too: "
+             f"{clean_text(again, 200)}" if again else "")
+    return f"your {unit} {how}, which {_fail(causes)} {_their(causes)} own tests{tried}"
+
+
+def _with_reason(result: TestResult, why: str) -> TestResult:
+    return TestResult(result.unit, result.test, result.score, result.max_score,
+                      f"{result.reason} ({why})" if result.reason else why)
+
+
+def _in_order(units: set[str]) -> tuple[str, ...]:
+    return tuple(u for u in UNITS if u in units)
+
+
+def _names(units) -> str:
+    return ", ".join(units[:-1]) + " and " + units[-1] if len(units) > 1 else units[0]
+
+
+def _fail(units) -> str:
+    return "fail" if len(units) > 1 else "fails"
+
+
+def _their(units) -> str:
+    return "their" if len(units) > 1 else "its"
