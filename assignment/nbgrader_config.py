@@ -18,11 +18,12 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 # `make autograde` runs nbgrader on the copies the batch grader writes to
 # grader_results/nbgrader_input/ (--CourseDirectory.submitted_directory), which nbgrader can
 # always process whatever a student submitted.
-from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
-                                    LimitOutput, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, GetGrades,  # noqa: E402
+                                    IgnorePattern, LimitOutput, SaveAutoGrades)
 
 try:
+    from autograder import feedback
     from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus
 except ImportError as exc:
     # nbgrader ignores a configuration file that raises, and its stock autograde then runs
@@ -49,3 +50,11 @@ else:
     c.KitGrader.course_dir = str(COURSE_DIR)
     # grades.csv with a `status` column; a NOT GRADED submission has no score there.
     c.ExportApp.plugin_class = KitCsvExport
+
+    # Feedback (make feedback): the kit's page, see autograder/feedback.py. Setting the
+    # template here also keeps nbgrader from putting its own in (it does where none is set).
+    c.GenerateFeedback.exporter_class = feedback.FeedbackExporter
+    c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, feedback.KitFeedback]
+    c.HTMLExporter.template_name = feedback.TEMPLATE_NAME
+    c.HTMLExporter.template_file = feedback.TEMPLATE_FILE
+    c.HTMLExporter.extra_template_basedirs = [str(feedback.TEMPLATE_BASEDIR), feedback.nbgrader_template_basedir()]
