@@ -23,7 +23,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, GetG
                                     IgnorePattern, LimitOutput, SaveAutoGrades)
 
 try:
-    from autograder import feedback
+    from autograder import ASSIGNMENT, DATA_FILE, feedback
     from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus
 except ImportError as exc:
     # nbgrader ignores a configuration file that raises, and its stock autograde then runs
@@ -48,6 +48,12 @@ else:
     # Grade each student's own submission as `python -m autograder batch` does (make
     # autograde JOBS=N), reusing the results it stored in grader_results/.
     c.KitGrader.course_dir = str(COURSE_DIR)
+    # The grader reads the data from data/coco.pt (KitGrader.data). Left to itself, autograde
+    # copies every file of source/ beside each student's autograded notebook, the course's
+    # coco.pt too (9 MB a student), and generate_feedback then copies each autograded/ folder
+    # into feedback/. (Not CourseDirectory.ignore: the release and nbgrader's exchange use it
+    # too, and students need the file.)
+    c.Autograde.exclude_overwriting = {ASSIGNMENT: [DATA_FILE.name]}
     # grades.csv with a `status` column; a NOT GRADED submission has no score there.
     c.ExportApp.plugin_class = KitCsvExport
 

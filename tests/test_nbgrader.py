@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import ASSIGNMENT, COURSE_DIR, POINTS_FILE
+from autograder import ASSIGNMENT, COURSE_DIR, DATA_FILE, POINTS_FILE
 from conftest import REPO_ROOT
 from grading import write_submission
 from solution import source as reference
@@ -40,6 +40,7 @@ def graded_class(tmp_path_factory):
     source.mkdir(parents=True)
     for name in (f"{ASSIGNMENT}.ipynb", "captioning_helpers.py"):
         shutil.copy(COURSE / "source" / ASSIGNMENT / name, source)
+    shutil.copy(DATA_FILE, source)  # as `make release` does: the data ships with the release
     nbgrader(course, "generate_assignment", ASSIGNMENT, "--force")
     released = course / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
@@ -122,6 +123,15 @@ def test_feedback_maths_are_mathml_and_need_no_network(graded_class):
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']?(https?:)?//", html)  # nothing fetched
     assert "MathJax.Hub" not in html  # nor configured
     assert "\\mathbb" not in html and "\\frac" not in html
+
+
+def test_autograded_and_feedback_folders_hold_no_data_file(graded_class):
+    assert (graded_class / "release" / ASSIGNMENT / DATA_FILE.name).is_file()  # students still get it
+    for step in ("autograded", "feedback"):
+        for student in ("alice", "bob"):
+            folder = graded_class / step / student / ASSIGNMENT
+            assert folder.is_dir()
+            assert not list(folder.rglob("*.pt")), f"{step}/{student}"
 
 
 # In the browser: each <pre> of grader output no wider than its box, every formula laid out.
