@@ -18,11 +18,12 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 # `make autograde` runs nbgrader on the copies the batch grader writes to
 # grader_results/nbgrader_input/ (--CourseDirectory.submitted_directory), which nbgrader can
 # always process whatever a student submitted.
-from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
-                                    LimitOutput, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, GetGrades,  # noqa: E402
+                                    IgnorePattern, LimitOutput, SaveAutoGrades)
 
 try:
+    from autograder import ASSIGNMENT, DATA_FILE, feedback
     from autograder.nbgrader_autograde import KitCsvExport, KitGrader, KitRecordStatus
 except ImportError as exc:
     # nbgrader ignores a configuration file that raises, and its stock autograde then runs
@@ -47,5 +48,19 @@ else:
     # Grade each student's own submission as `python -m autograder batch` does (make
     # autograde JOBS=N), reusing the results it stored in grader_results/.
     c.KitGrader.course_dir = str(COURSE_DIR)
+    # The grader reads the data from data/coco.pt (KitGrader.data). Left to itself, autograde
+    # copies every file of source/ beside each student's autograded notebook, the course's
+    # coco.pt too (9 MB a student), and generate_feedback then copies each autograded/ folder
+    # into feedback/. (Not CourseDirectory.ignore: the release and nbgrader's exchange use it
+    # too, and students need the file.)
+    c.Autograde.exclude_overwriting = {ASSIGNMENT: [DATA_FILE.name]}
     # grades.csv with a `status` column; a NOT GRADED submission has no score there.
     c.ExportApp.plugin_class = KitCsvExport
+
+    # Feedback (make feedback): the kit's page, see autograder/feedback.py. Setting the
+    # template here also keeps nbgrader from putting its own in (it does where none is set).
+    c.GenerateFeedback.exporter_class = feedback.FeedbackExporter
+    c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, feedback.KitFeedback]
+    c.HTMLExporter.template_name = feedback.TEMPLATE_NAME
+    c.HTMLExporter.template_file = feedback.TEMPLATE_FILE
+    c.HTMLExporter.extra_template_basedirs = [str(feedback.TEMPLATE_BASEDIR), feedback.nbgrader_template_basedir()]
