@@ -6,6 +6,9 @@
 Prints medians (and every run) of:
 * one submission graded end to end, as `python -m autograder grade` runs it (interpreter
   start, torch import, reference outputs, the sandboxed worker);
+* round two's cost (part "again"): a submission whose rnn_step_forward drops its bias, so
+  that rnn_step_backward is judged again in a second sandbox, timed alternately with the
+  correct one;
 * a class of --class-size copies of the reference with JOBS=1 and JOBS=2 (`python -m
   autograder batch`, nothing cached);
 * stock `nbgrader autograde` (executing the instructor notebook in a kernel) on
@@ -99,6 +102,9 @@ def main(argv=None) -> None:
                           "--results", str(root / "r.json")], cwd=REPO_ROOT) for _ in range(args.runs)]
             ours = report("one submission, end to end (target < 10 s)", one)
 
+        if "again" in parts:
+            time_round_two(root, python, args.runs)
+
         for jobs in map(int, args.class_jobs.split(",")) if "class" in parts else ():
             runs = [timed([python, "-m", "autograder", "batch", str(make_class(root, args.class_size)),
                            "--jobs", str(jobs)], cwd=REPO_ROOT) for _ in range(args.class_runs)]
@@ -114,6 +120,24 @@ def main(argv=None) -> None:
             print(f"{'stock nbgrader / ours, per submission':<46} {stock_each / ours:.1f}x", flush=True)
         if "notebook" in parts:
             time_notebook(root, python, args.runs)
+
+
+def time_round_two(root: Path, python: str, runs: int) -> None:
+    """A submission with a bug in rnn_step_forward against the correct one, run alternately."""
+    from autograder.submission import write_submission
+    from solution import source as reference
+
+    code = reference.unit_source("rnn_step_forward")
+    buggy = write_submission(root / "buggy" / NOTEBOOK_NAME,
+                             {"rnn_step_forward": code.replace("prev_h.mm(Wh) + b)", "prev_h.mm(Wh))")})
+    times = {"correct": [], "buggy": []}
+    for _ in range(runs):
+        for label, notebook in (("correct", SOURCE_NOTEBOOK), ("buggy", buggy)):
+            times[label].append(timed([python, "-m", "autograder", "grade", str(notebook),
+                                       "--results", str(root / "r.json")], cwd=REPO_ROOT))
+    correct = report("correct submission (one sandbox)", times["correct"])
+    again = report("rnn_step_forward bug (round two: a second)", times["buggy"])
+    print(f"{'round two / one round':<46} {again / correct:.2f}x", flush=True)
 
 
 def time_notebook(root: Path, python: str, runs: int) -> None:
