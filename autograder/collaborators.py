@@ -8,9 +8,12 @@ tests is therefore judged again (round two), in a sandbox of its own, with the g
 version of each such collaborator served in place of the student's; it keeps the better
 of its two results.
 
-Which collaborators are served: those that fail on their own (not merely because of
-another failing unit), with the other half of each forward/backward pair that shares a
-cache, so that the served pair reads its own cache. The student's rnn_forward calling a
+Which collaborators are served: those that fail, but not possibly through another failing
+unit that the judged unit relies on too (rnn_step_backward fails through a buggy
+rnn_step_forward's cache; rnn_backward calling both is served the forward step, and the
+backward with it), with the other half of each forward/backward pair that shares a cache,
+so that the served pair reads its own cache. A step function whose cell cannot run counts
+for the units whose code calls it. The student's rnn_forward calling a
 served rnn_step_forward then builds the caches a served rnn_step_backward reads.
 
 Round two gives no more than correct code earns: the unit's own code still computes all
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 
 from autograder import jobs
 from autograder.reports import TestResult, clean_text
-from autograder.submission_sandbox import STUDENT_COLLABORATORS, STUDENT_DEPENDENCIES, UNITS, Group, again_group
+from autograder.submission_sandbox import STUDENT_COLLABORATORS, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS, Group, \
+    again_group
 
 # Forward and backward passes that share a cache, both ways.
 CACHE_PARTNERS = {**{f: b for b, fs in STUDENT_DEPENDENCIES.items() for f in fs},
@@ -32,11 +36,14 @@ CACHE_PARTNERS = {**{f: b for b, fs in STUDENT_DEPENDENCIES.items() for f in fs}
 
 
 def relied_on(unit: str, cells: dict[str, str], runnable: set[str]) -> set[str]:
-    """The units whose student code ran with unit in round one, or would have run (a cache
-    it needs from a cell that cannot run)."""
-    if unit not in runnable:
-        return set(STUDENT_DEPENDENCIES.get(unit, ()))
-    return set(jobs.student_code_for(unit, cells, runnable)) - {unit}
+    """The units whose student code ran with unit in round one, or would have run but for a
+    cell that cannot run (a cache it needs, a step function its code calls). Only for a
+    unit that the screen did not exclude itself: its own cell parses."""
+    needs = set(STUDENT_DEPENDENCIES.get(unit, ()))
+    ran = jobs.student_code_for(unit, cells, runnable | {unit}, served=tuple(needs - runnable))
+    named = set().union(*(jobs.names_used(cells[u]) for u in ran))
+    cannot_run = {h for h in STUDENT_HELPERS.get(unit, ()) if h in named and h not in runnable}
+    return set(ran) - {unit} | needs | cannot_run
 
 
 @dataclass(frozen=True)
@@ -54,18 +61,22 @@ class Retry:
 
 def plan(results: list[TestResult], own_exclusions: set[str], cells: dict[str, str],
          runnable: set[str]) -> list[Retry]:
-    """The units to judge again, in notebook order (each is served what the one before was,
-    or more: see submission_sandbox.py)."""
+    """The units to judge again, in notebook order: rnn_backward, the only one that may be
+    served rnn_step_backward (whose forward call is that unit's answer), last (see
+    submission_sandbox.py)."""
     lost = {r.unit for r in results if r.score < r.max_score}
     relies = {u: relied_on(u, cells, runnable) if u not in own_exclusions else set() for u in UNITS}
-    fails_alone = {u for u in lost if not relies[u] & lost}
     retries = []
     for unit, collaborators in STUDENT_COLLABORATORS.items():
-        if unit in lost and unit not in own_exclusions and relies[unit] & lost:
-            causes = relies[unit] & fails_alone
-            served = causes | {CACHE_PARTNERS[c] for c in causes if c in CACHE_PARTNERS} & set(collaborators)
-            if causes:
-                retries.append(Retry(again_group(unit, _in_order(served)), _in_order(causes)))
+        if unit not in lost or unit in own_exclusions:
+            continue
+        failing = relies[unit] & lost
+        # A failing collaborator is a cause unless it may fail through another that unit
+        # relies on too (rnn_step_backward given the cache of a failing rnn_step_forward).
+        causes = {c for c in failing if not relies[c] & failing}
+        served = causes | ({CACHE_PARTNERS[c] for c in causes if c in CACHE_PARTNERS} & set(collaborators))
+        if causes:
+            retries.append(Retry(again_group(unit, _in_order(served)), _in_order(causes)))
     return retries
 
 

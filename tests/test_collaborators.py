@@ -12,7 +12,7 @@ import pytest
 from autograder import collaborators, grade
 from autograder.reports import TestResult as Result
 from catalogue.correct import RNN_BACKWARD_CALLS_THE_STEP, RNN_FORWARD_CALLS_THE_STEP, STEP_BACKWARD_EINSUM, \
-    STEP_FORWARD_MATMUL_DICT_CACHE
+    STEP_FORWARD_ADDMM_PREACTIVATION_CACHE, STEP_FORWARD_MATMUL_DICT_CACHE, solved
 from grading import all_tests_of, failures, grade_notebook, lost, mutated, write_submission
 from solution import source as reference
 
@@ -83,6 +83,54 @@ def test_a_unit_whose_cache_maker_cannot_run_is_judged_with_the_graders():
     assert plan == {"rnn_step_backward": (("rnn_step_forward",), ("rnn_step_forward",))}
 
 
+def test_a_step_function_that_cannot_run_is_served_to_the_sequence_functions_that_call_it():
+    """A syntax error in rnn_step_forward costs its own points only, as a bug in it does:
+    rnn_forward, which calls it, is judged with the grader's (it used to lose 5 points, and
+    rnn_backward 8, its reason blaming rnn_forward)."""
+    cells = reference_cells(rnn_step_forward="def rnn_step_forward(:\n", **CALLING_THE_STEPS)
+    plan = planned(cells, *RNN_UNITS, own_exclusions=("rnn_step_forward",))
+    assert plan == {
+        "rnn_step_backward": (("rnn_step_forward",), ("rnn_step_forward",)),
+        "rnn_forward": (("rnn_step_forward",), ("rnn_step_forward",)),
+        "rnn_backward": (("rnn_step_forward", "rnn_step_backward"), ("rnn_step_forward",)),
+    }
+
+
+# rnn_backward calls rnn_step_backward on step caches it builds from the reference's cache;
+# it never calls rnn_step_forward, nor does the reference rnn_forward.
+BACKWARD_CALLS_THE_STEP_ON_ITS_OWN_CACHES = solved("rnn_backward", """
+    x, h0, Wx, Wh, h = cache
+    dx = torch.zeros_like(x)
+    dWx, dWh, db = torch.zeros_like(Wx), torch.zeros_like(Wh), torch.zeros_like(Wh[0])
+    dprev = torch.zeros_like(h0)
+    for t in reversed(range(x.shape[1])):
+        prev_h = h0 if t == 0 else h[:, t - 1]
+        dx_t, dprev, dWx_t, dWh_t, db_t = rnn_step_backward(dh[:, t] + dprev, (x[:, t], prev_h, Wx, Wh, h[:, t]))
+        dx[:, t] = dx_t
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    dh0 = dprev
+""")
+
+
+def test_a_collaborator_failing_through_a_unit_the_judged_one_does_not_use_is_a_cause():
+    """Both step functions have a bug; rnn_backward calls only rnn_step_backward, whose failure
+    cannot come through rnn_step_forward there: it is served (it used to cost rnn_backward's
+    8 points, judged never again because rnn_step_backward does not fail "on its own")."""
+    cells = reference_cells(rnn_backward=BACKWARD_CALLS_THE_STEP_ON_ITS_OWN_CACHES)
+    plan = planned(cells, "rnn_step_forward", "rnn_step_backward", "rnn_backward")
+    assert plan == {
+        "rnn_step_backward": (("rnn_step_forward",), ("rnn_step_forward",)),
+        "rnn_backward": (("rnn_step_forward", "rnn_step_backward"), ("rnn_step_backward",)),
+    }
+
+
+def test_a_unit_whose_cache_maker_cannot_run_is_served_the_step_it_calls_too():
+    cells = reference_cells(rnn_forward="def rnn_forward(:\n", rnn_backward=BACKWARD_CALLS_THE_STEP_ON_ITS_OWN_CACHES)
+    plan = planned(cells, "rnn_step_backward", "rnn_forward", "rnn_backward", own_exclusions=("rnn_forward",))
+    assert plan == {"rnn_backward": (("rnn_step_forward", "rnn_step_backward", "rnn_forward"),
+                                     ("rnn_step_backward", "rnn_forward"))}
+
+
 def test_the_better_run_is_kept_and_a_kept_failure_names_its_cause():
     cells = reference_cells(**CALLING_THE_STEPS)
     results = round_one(*RNN_UNITS)
@@ -109,8 +157,9 @@ def test_the_better_run_is_kept_and_a_kept_failure_names_its_cause():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("unit, code", [("rnn_step_forward", NO_BIAS), ("rnn_step_backward", UNTRANSPOSED)],
-                         ids=["step_forward_no_bias", "step_backward_untransposed"])
+@pytest.mark.parametrize("unit, code", [("rnn_step_forward", NO_BIAS), ("rnn_step_backward", UNTRANSPOSED),
+                                        ("rnn_step_forward", "def rnn_step_forward(:\n")],
+                         ids=["step_forward_no_bias", "step_backward_untransposed", "step_forward_syntax_error"])
 def test_a_bug_in_a_step_function_costs_only_its_own_points(unit, code, tmp_path):
     result = grade_notebook(write_submission(tmp_path / "s.ipynb", {**CALLING_THE_STEPS, unit: code}))
     assert lost(result) == all_tests_of(unit), failures(result)
@@ -129,6 +178,29 @@ def test_a_units_own_bug_still_costs_it_and_the_reason_names_the_collaborator(tm
     [reason] = [t.reason for t in result.tests if t.unit == "rnn_forward"]
     assert "runs with your rnn_step_forward, which fails its own tests" in reason
     assert "with the grader's rnn_step_forward in place of yours it fails too" in reason
+
+
+@pytest.mark.slow
+def test_bugs_in_both_steps_cost_a_backward_pass_that_calls_only_the_backward_step_nothing(tmp_path):
+    cells = {"rnn_step_forward": NO_BIAS, "rnn_step_backward": UNTRANSPOSED,
+             "rnn_backward": BACKWARD_CALLS_THE_STEP_ON_ITS_OWN_CACHES}
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", cells))
+    assert lost(result) == all_tests_of("rnn_step_forward", "rnn_step_backward"), failures(result)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the inherent case (a forward pass that passes its own tests but caches "
+                   "what its own backward cannot use) costs the backward pass, unless the forward pass fails too")
+def test_breaking_a_forward_pass_on_purpose_does_not_pay(tmp_path):
+    """A step forward caching its pre-activation passes its own tests; the reference's
+    rnn_step_backward cannot read that cache and loses its 6 points. Dropping the bias on
+    purpose costs the forward step 4 points and has the backward step judged again with the
+    grader's forward step: 2 points gained (likewise 8 for 5 with rnn_forward/rnn_backward)."""
+    honest = write_submission(tmp_path / "honest.ipynb", {"rnn_step_forward": STEP_FORWARD_ADDMM_PREACTIVATION_CACHE})
+    broken = STEP_FORWARD_ADDMM_PREACTIVATION_CACHE.replace("torch.addmm(b, x, Wx)", "torch.mm(x, Wx)")
+    assert broken != STEP_FORWARD_ADDMM_PREACTIVATION_CACHE
+    on_purpose = write_submission(tmp_path / "on_purpose.ipynb", {"rnn_step_forward": broken})
+    assert grade_notebook(on_purpose).score <= grade_notebook(honest).score
 
 
 @pytest.mark.slow
