@@ -26,7 +26,7 @@ reason names the collaborators it relied on.
 from dataclasses import dataclass
 
 from autograder import jobs
-from autograder.reports import TestResult, clean_text
+from autograder.reports import TestResult
 from autograder.submission_sandbox import STUDENT_COLLABORATORS, STUDENT_DEPENDENCIES, STUDENT_HELPERS, UNITS, Group, \
     again_group
 
@@ -96,24 +96,24 @@ def merge(results: list[TestResult], again: dict[str, list[TestResult]],
                          f"{_their(retry.causes)} own tests: a bug costs points only in its own unit")
         else:
             why = _still_failing(retry, second)
-            kept.update({(r.unit, r.test): _with_reason(r, why) for r in first if r.score < r.max_score})
+            kept.update({(r.unit, r.test): TestResult(r.unit, r.test, r.score, r.max_score,
+                                                      why.get(r.test) or f"{r.reason} ({why['']})")
+                         for r in first if r.score < r.max_score})
     return [kept[(r.unit, r.test)] for r in results], notes
 
 
-def _still_failing(retry: Retry, second: list[TestResult]) -> str:
-    """Why the unit still loses points though the collaborators it relies on fail too."""
+def _still_failing(retry: Retry, second: list[TestResult]) -> dict[str, str]:
+    """{test: why the unit still loses its points though collaborators it relies on fail
+    too} ("" for a test without a reason from round two). Round two's reason, where there is
+    one, replaces round one's: it shows the unit's own bug with correct collaborators, and a
+    reason holds one message of the student's code at most."""
     unit, causes = retry.unit, retry.causes
     how = " and ".join(f"{'is given the cache of' if c in STUDENT_DEPENDENCIES.get(unit, ()) else 'runs with'} "
                        f"your {c}" for c in causes)
-    again = next((r.reason for r in second if r.score < r.max_score), "")
-    tried = (f"; with the grader's {_names(retry.group.served)} in place of yours it fails too: "
-             f"{clean_text(again, 200)}" if again else "")
-    return f"your {unit} {how}, which {_fail(causes)} {_their(causes)} own tests{tried}"
-
-
-def _with_reason(result: TestResult, why: str) -> TestResult:
-    return TestResult(result.unit, result.test, result.score, result.max_score,
-                      f"{result.reason} ({why})" if result.reason else why)
+    blame = f"your {unit} {how}, which {_fail(causes)} {_their(causes)} own tests"
+    again = f"with the grader's {_names(retry.group.served)} in place of yours it fails too: "
+    return {"": blame} | {r.test: f"{blame}; {again}{r.reason}" for r in second
+                          if r.score < r.max_score and r.reason}
 
 
 def _in_order(units: set[str]) -> tuple[str, ...]:

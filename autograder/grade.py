@@ -70,10 +70,12 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
         runnable = {u for u in UNITS if u not in excluded}
         run = RunContext(cells, tests, device, allow_unsandboxed)
         reports, not_graded, diagnostics = run_units(WORKER_GROUPS, runnable, run, started)  # 4. isolate, run
-    results = score(tests, excluded, reports)  # 5. compare, score
+    budget = StudentText()  # of the whole submission, both rounds
+    results = score(tests, excluded, reports, budget)  # 5. compare, score
     if not not_graded:
-        results, more_notes, not_graded = judge_again(results, set(own_exclusions), runnable, run, diagnostics)
-        notes = notes + more_notes
+        results, more_notes, not_graded = judge_again(results, set(own_exclusions), runnable, run, budget,
+                                                      diagnostics)
+        notes = notes if not_graded else notes + more_notes
     if not_graded:
         return GradeResult([TestResult(t.unit, t.name, 0, t.points, "NOT GRADED") for t in tests],
                            notes + [f"NOT GRADED: {not_graded}"], mode, device, NOT_GRADED, diagnostics)
@@ -242,10 +244,10 @@ def blame(outcome, waiting: list[str], reports: dict, deaths: Counter) -> bool:
     return True
 
 
-def score(tests, excluded: dict[str, str], reports: dict[str, UnitReport]) -> list[TestResult]:
+def score(tests, excluded: dict[str, str], reports: dict[str, UnitReport], budget: StudentText) -> list[TestResult]:
     """Every test's result, in the order of points.toml: a screened-out unit's tests get its
     reason, the others are judged on what their unit reported."""
-    budget, by_unit = StudentText(), {}
+    by_unit = {}
     for unit in UNITS:  # the budget of student text is spent in the notebook's order
         if unit in excluded:
             why = clean_text(excluded[unit])
@@ -257,7 +259,7 @@ def score(tests, excluded: dict[str, str], reports: dict[str, UnitReport]) -> li
 
 
 def judge_again(results: list[TestResult], own_exclusions: set[str], runnable: set[str], run: RunContext,
-                diagnostics: dict) -> tuple[list[TestResult], list[str], str]:
+                budget: StudentText, diagnostics: dict) -> tuple[list[TestResult], list[str], str]:
     """Step 5, continued: each unit that lost points while a collaborator it relies on fails
     its own tests is run again, with the grader's version of that collaborator served
     (collaborators.py): (every test's result, notes, why the submission cannot be graded)."""
@@ -267,6 +269,6 @@ def judge_again(results: list[TestResult], own_exclusions: set[str], runnable: s
     groups = tuple(r.group for r in retries)
     reports, not_graded, more = run_units(groups, runnable | {r.unit for r in retries}, run, None)
     diagnostics.update({f"judged again, {key}": value for key, value in more.items()})
-    again = score(run.tests, {}, reports)
+    again = score(run.tests, {}, reports, budget)
     merged, notes = collaborators.merge(results, {u: [r for r in again if r.unit == u] for u in reports}, retries)
     return merged, notes, not_graded

@@ -9,7 +9,7 @@ step function of a submission whose sequence functions call them (the CS231n way
 
 import pytest
 
-from autograder import collaborators, grade
+from autograder import collaborators, grade, scoring
 from autograder.reports import TestResult as Result
 from catalogue.correct import RNN_BACKWARD_CALLS_THE_STEP, RNN_FORWARD_CALLS_THE_STEP, STEP_BACKWARD_EINSUM, \
     STEP_FORWARD_ADDMM_PREACTIVATION_CACHE, STEP_FORWARD_MATMUL_DICT_CACHE, solved
@@ -143,10 +143,11 @@ def test_the_better_run_is_kept_and_a_kept_failure_names_its_cause():
     assert by_unit["rnn_forward"].score == 1 and by_unit["rnn_step_forward"].score == 0
     assert notes == ["rnn_forward was judged with the grader's rnn_step_forward in place of yours, because "
                      "your rnn_step_forward fails its own tests: a bug costs points only in its own unit"]
+    # round two's reason in place of round one's ("wrong"): one message of the student's code at most
     assert by_unit["rnn_backward"].reason == (
-        "wrong (your rnn_backward runs with your rnn_step_forward, which fails its own tests; with the "
+        "your rnn_backward runs with your rnn_step_forward, which fails its own tests; with the "
         "grader's rnn_step_forward and rnn_step_backward in place of yours it fails too: output dx: "
-        "relative error 1)")
+        "relative error 1")
     # not run again (its sandbox died, say): the first run's result, with its cause
     assert by_unit["rnn_step_backward"].score == 0 and "rnn_step_forward" in by_unit["rnn_step_backward"].reason
 
@@ -241,3 +242,16 @@ def test_a_unit_judged_again_gets_no_gradients_from_the_grader(gradients, tmp_pa
     result = grade_notebook(write_submission(tmp_path / "s.ipynb", cells))
     stolen = lost(result) == all_tests_of("rnn_step_forward")
     assert stolen == gradients, failures(result)
+
+
+@pytest.mark.slow
+def test_a_unit_judged_again_shows_one_message_of_its_code_within_the_limit(tmp_path):
+    """Both rounds put the student's exception into the reason: round two's replaces round
+    one's, and both draw on the submission's one budget of student text."""
+    loud = "def rnn_step_backward(dnext_h, cache):\n    raise ValueError('very long message ' * 500)\n"
+    result = grade_notebook(write_submission(tmp_path / "s.ipynb", {"rnn_step_forward": NO_BIAS,
+                                                                     "rnn_step_backward": loud}))
+    [reason] = [t.reason for t in result.tests if t.unit == "rnn_step_backward"]
+    assert reason.count("ValueError") == 1, reason
+    assert "with the grader's rnn_step_forward in place of yours it fails too" in reason
+    assert len(reason) <= scoring.STUDENT_TEXT_PER_TEST + 200, len(reason)
