@@ -16,6 +16,13 @@ so that the served pair reads its own cache. A step function whose cell cannot r
 for the units whose code calls it. The student's rnn_forward calling a
 served rnn_step_forward then builds the caches a served rnn_step_backward reads.
 
+A backward pass that loses points while the forward pass whose cache it reads passes its
+own tests is judged again too, with the grader's forward pass served: if it then does
+better, the pair disagrees on the cache (rnn_step_forward caching the pre-activation where
+its backward reads tanh's output), and that is the forward pass's bug: the backward keeps
+its better result and the forward loses its points, with the reason. (Charging the
+backward instead would make breaking the forward on purpose pay.)
+
 Round two gives no more than correct code earns: the unit's own code still computes all
 it is asked for, and served calls answer forward passes only (the gradients of
 rnn_step_forward are rnn_step_backward's answer). Where it does not help (a bug of the
@@ -53,6 +60,8 @@ class Retry:
 
     group: Group
     causes: tuple[str, ...]
+    # The cause passes its own tests: only the cache it makes for this unit can be wrong.
+    mismatch: bool = False
 
     @property
     def unit(self) -> str:
@@ -77,7 +86,15 @@ def plan(results: list[TestResult], own_exclusions: set[str], cells: dict[str, s
         served = causes | ({CACHE_PARTNERS[c] for c in causes if c in CACHE_PARTNERS} & set(collaborators))
         if causes:
             retries.append(Retry(again_group(unit, _in_order(served)), _in_order(causes)))
+        elif _cache_maker_passes(unit, runnable, lost):
+            maker = STUDENT_DEPENDENCIES[unit]
+            retries.append(Retry(again_group(unit, maker), maker, mismatch=True))
     return retries
+
+
+def _cache_maker_passes(unit: str, runnable: set[str], lost: set[str]) -> bool:
+    makers = STUDENT_DEPENDENCIES.get(unit, ())
+    return bool(makers) and all(m in runnable and m not in lost for m in makers)
 
 
 def merge(results: list[TestResult], again: dict[str, list[TestResult]],
@@ -91,15 +108,27 @@ def merge(results: list[TestResult], again: dict[str, list[TestResult]],
         second = again.get(unit, [])
         if sum(r.score for r in second) > sum(r.score for r in first):
             kept.update({(r.unit, r.test): r for r in second})
-            notes.append(f"{unit} was judged with the grader's {_names(served)} in place of yours, "
-                         f"because your {_names(retry.causes)} {_fail(retry.causes)} "
-                         f"{_their(retry.causes)} own tests: a bug costs points only in its own unit")
-        else:
+            if retry.mismatch:
+                kept.update(_charge_cache_maker(retry, results))
+            else:
+                notes.append(f"{unit} was judged with the grader's {_names(served)} in place of yours, "
+                             f"because your {_names(retry.causes)} {_fail(retry.causes)} "
+                             f"{_their(retry.causes)} own tests: a bug costs points only in its own unit")
+        elif not retry.mismatch:
             why = _still_failing(retry, second)
             kept.update({(r.unit, r.test): TestResult(r.unit, r.test, r.score, r.max_score,
                                                       why.get(r.test) or f"{r.reason} ({why['']})")
                          for r in first if r.score < r.max_score})
     return [kept[(r.unit, r.test)] for r in results], notes
+
+
+def _charge_cache_maker(retry: Retry, results: list[TestResult]) -> dict:
+    """The forward pass's tests, lost: the backward pass does better with the grader's."""
+    maker = _names(retry.causes)
+    why = (f"the cache your {maker} makes is not what your {retry.unit} reads: your {retry.unit} "
+           f"does better with the grader's {maker}, whose outputs yours match")
+    return {(r.unit, r.test): TestResult(r.unit, r.test, 0, r.max_score, why)
+            for r in results if r.unit in retry.causes}
 
 
 def _still_failing(retry: Retry, second: list[TestResult]) -> dict[str, str]:

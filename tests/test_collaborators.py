@@ -69,12 +69,36 @@ def test_a_sequence_forward_that_fails_alone_is_served_to_its_backward():
 
 
 @pytest.mark.parametrize("failing, own_exclusions", [
-    (("rnn_backward",), ()),  # its own bug: no collaborator fails
     (("rnn_step_forward", "rnn_step_backward"), ("rnn_step_backward",)),  # its own cell cannot run
     (("rnn_step_forward",), ()),  # the units relying on it pass: nothing to give back
 ])
 def test_nothing_is_judged_again_without_a_failing_unit_and_a_failing_collaborator(failing, own_exclusions):
     assert planned(reference_cells(**CALLING_THE_STEPS), *failing, own_exclusions=own_exclusions) == {}
+
+
+@pytest.mark.parametrize("backward, forward", [("rnn_step_backward", "rnn_step_forward"),
+                                               ("rnn_backward", "rnn_forward")])
+def test_a_failing_backward_whose_forward_passes_is_tried_with_the_graders_cache(backward, forward):
+    """Its own bug, or a cache its forward lays out otherwise than it reads: round two tells."""
+    plan = planned(reference_cells(), backward)
+    assert plan == {backward: ((forward,), (forward,))}
+    retry, = collaborators.plan(round_one(backward), set(), reference_cells(), set(reference_cells()))
+    assert retry.mismatch
+
+
+def test_a_backward_that_does_better_with_the_graders_cache_charges_its_forward():
+    results = round_one("rnn_step_backward")
+    retries = collaborators.plan(results, set(), reference_cells(), set(reference_cells()))
+    passes = [Result("rnn_step_backward", "gradients", 1, 1)]
+    merged, notes = collaborators.merge(results, {"rnn_step_backward": passes}, retries)
+    by_unit = {r.unit: r for r in merged}
+    assert by_unit["rnn_step_backward"].score == 1 and by_unit["rnn_step_forward"].score == 0
+    assert "the cache your rnn_step_forward makes is not what your rnn_step_backward reads" in \
+        by_unit["rnn_step_forward"].reason
+    # no better with the grader's cache: its own bug, charged to it alone
+    fails = [Result("rnn_step_backward", "gradients", 0, 1, "x")]
+    merged, _ = collaborators.merge(results, {"rnn_step_backward": fails}, retries)
+    assert merged == results
 
 
 def test_a_unit_whose_cache_maker_cannot_run_is_judged_with_the_graders():
@@ -128,7 +152,9 @@ def test_a_unit_whose_cache_maker_cannot_run_is_served_the_step_it_calls_too():
     cells = reference_cells(rnn_forward="def rnn_forward(:\n", rnn_backward=BACKWARD_CALLS_THE_STEP_ON_ITS_OWN_CACHES)
     plan = planned(cells, "rnn_step_backward", "rnn_forward", "rnn_backward", own_exclusions=("rnn_forward",))
     assert plan == {"rnn_backward": (("rnn_step_forward", "rnn_step_backward", "rnn_forward"),
-                                     ("rnn_step_backward", "rnn_forward"))}
+                                     ("rnn_step_backward", "rnn_forward")),
+                    # its forward step passes: does it do better with the grader's cache?
+                    "rnn_step_backward": (("rnn_step_forward",), ("rnn_step_forward",))}
 
 
 def test_the_better_run_is_kept_and_a_kept_failure_names_its_cause():
@@ -190,18 +216,19 @@ def test_bugs_in_both_steps_cost_a_backward_pass_that_calls_only_the_backward_st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the inherent case (a forward pass that passes its own tests but caches "
-                   "what its own backward cannot use) costs the backward pass, unless the forward pass fails too")
 def test_breaking_a_forward_pass_on_purpose_does_not_pay(tmp_path):
-    """A step forward caching its pre-activation passes its own tests; the reference's
-    rnn_step_backward cannot read that cache and loses its 6 points. Dropping the bias on
-    purpose costs the forward step 4 points and has the backward step judged again with the
-    grader's forward step: 2 points gained (likewise 8 for 5 with rnn_forward/rnn_backward)."""
+    """A step forward caching its pre-activation passes its own tests, and the reference's
+    rnn_step_backward cannot read that cache. Were the backward charged (6 points), dropping
+    the bias on purpose (4 points, and the backward judged again with the grader's forward)
+    would pay; the forward is charged either way (fails without the cache-mismatch rule:
+    94 against 96)."""
     honest = write_submission(tmp_path / "honest.ipynb", {"rnn_step_forward": STEP_FORWARD_ADDMM_PREACTIVATION_CACHE})
     broken = STEP_FORWARD_ADDMM_PREACTIVATION_CACHE.replace("torch.addmm(b, x, Wx)", "torch.mm(x, Wx)")
     assert broken != STEP_FORWARD_ADDMM_PREACTIVATION_CACHE
     on_purpose = write_submission(tmp_path / "on_purpose.ipynb", {"rnn_step_forward": broken})
-    assert grade_notebook(on_purpose).score <= grade_notebook(honest).score
+    honest_result = grade_notebook(honest)
+    assert lost(honest_result) == all_tests_of("rnn_step_forward"), failures(honest_result)
+    assert grade_notebook(on_purpose).score <= honest_result.score
 
 
 @pytest.mark.slow

@@ -5,8 +5,7 @@ with text replacements applied (``edits``, each ``(old, new)`` or ``(old, new, c
 where a replacement cannot express the mistake, the whole code of the unit (``code``).
 ``loses`` is the exact set of (unit, test) that must lose points: the unit's own tests it
 breaks, and nothing else (a unit that relies on a failing one is judged again with the
-grader's in its place: autograder/collaborators.py). The one exception: a forward pass
-that passes its own tests but caches what its backward pass cannot use.
+grader's in its place: autograder/collaborators.py).
 
 ``MISSED`` names the bugs the grader currently does not grade as ``loses`` says it should
 (found by running this catalogue), with why; the test marks them xfail(strict=True).
@@ -142,7 +141,7 @@ BUGS = [
     bug("step_forward_caches_preactivation", "rnn_step_forward",
         "next_h = torch.tanh(x.mm(Wx) + prev_h.mm(Wh) + b)\n    cache = (x, prev_h, Wx, Wh, next_h)",
         "a = x.mm(Wx) + prev_h.mm(Wh) + b\n    next_h = torch.tanh(a)\n    cache = (x, prev_h, Wx, Wh, a)",
-        tests(STEP_BWD),  # next_h is right; only the backward that reads the cache goes wrong
+        tests(STEP_FWD),  # next_h is right, but the backward does better with the grader's cache
         "cached the pre-activation where the backward pass expects tanh's output"),
     bug("step_backward_tanh_derivative", "rnn_step_backward",
         "(1 - next_h * next_h)", "(1 - next_h)",
