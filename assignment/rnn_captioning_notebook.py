@@ -428,8 +428,8 @@ with visible_check("CaptioningRNN (rnn)"):
 #
 # **Target (RNN):** the model memorises the slice, that is, it gives back all 50 captions word
 # for word, and the loss over the 50 captions ends below OVERFIT_TARGETS[rnn]. With this recipe a
-# correct implementation meets both; the cell prints both figures. (Training takes about half
-# a minute on a CPU, much less on a GPU.)
+# correct implementation meets both; the cell prints both figures. (On a CPU this training
+# takes about half a minute, the LSTM's and the attention model's a little longer.)
 
 # %%
 small_images, small_captions = helpers.overfit_slice(data)
