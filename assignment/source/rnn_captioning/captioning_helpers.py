@@ -44,10 +44,10 @@ def use_pretrained_encoder(switch: bool = True) -> bool:
     return bool(switch) and os.environ.get("CAPTIONING_PRETRAINED", "1") != "0"
 
 
-# The notebook's models are small (128 hidden units, batches of 25): one CPU thread runs
+# The notebook's models are small (128 hidden units, batches of 25): one CPU thread trains
 # them as fast as two on a quiet machine, and on a shared one (a JupyterHub, a laptop doing
-# other things) torch's default of a thread per core made training 8x slower, every thread
-# waiting for the others' turn on a busy core (figures: BENCHMARKS.md, "The notebook").
+# other things) torch's default of a thread per core made training about 10x slower, each
+# thread waiting for the other's turn on a busy core (figures: BENCHMARKS.md, "The notebook").
 MAX_THREADS = 1
 
 
