@@ -13,6 +13,7 @@ solution/captioning.py (the code of every unit and provided cell) and autograder
 """
 
 import argparse
+import importlib.util
 import re
 import sys
 import tomllib
@@ -29,6 +30,22 @@ NOTEBOOK = SOURCE_NOTEBOOK
 
 _CELL_MARKER = re.compile(r"^# %%(?: \[(?P<kind>\w+)\](?P<args>.*))?$")
 _PLACEHOLDER = re.compile(r"^(?P<indent>\s*)expected_(?P<name>\w+) = EXPECTED$", re.MULTILINE)
+_TARGET = re.compile(r"OVERFIT_TARGETS\[(?P<cell_type>\w+)\]")
+
+
+def shipped_helpers():
+    """captioning_helpers.py as it ships beside the notebook: where the overfitting recipe
+    and its targets are declared, which the notebook's text states."""
+    spec = importlib.util.spec_from_file_location("captioning_helpers", NOTEBOOK.parent / "captioning_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_targets(markdown: str) -> str:
+    """markdown with each OVERFIT_TARGETS[cell type] written as that target's value."""
+    targets = shipped_helpers().OVERFIT_TARGETS
+    return _TARGET.sub(lambda m: str(targets[m.group("cell_type")]), markdown)
 
 
 def source_blocks(text: str) -> list[tuple[str, list[str], str]]:
@@ -114,7 +131,7 @@ def build_notebook(text: str | None = None) -> nbformat.NotebookNode:
         if "EXPECTED" in body and kind == "code":
             raise ValueError("the text source still has EXPECTED placeholders: run --fill-expected")
         if kind == "markdown":
-            cells.append(nbformat.v4.new_markdown_cell(body))
+            cells.append(nbformat.v4.new_markdown_cell(with_targets(body)))
         elif kind == "code":
             cells.append(nbformat.v4.new_code_cell(body.replace("UNIT_POINTS", repr(points))))
         elif kind == "imports":

@@ -8,6 +8,8 @@
 #   # %% [unit] NAME         the solution cell of graded unit NAME (its code comes from
 #                            solution/captioning.py), followed by its autograded grade cell
 # In code cells, UNIT_POINTS becomes {unit: its points} from autograder/points.toml.
+# In markdown cells, OVERFIT_TARGETS[rnn] (lstm, attn) becomes that cell type's overfitting target,
+# declared once in captioning_helpers.py (OVERFIT_TARGETS).
 # Expected values in the checks were computed once with the reference solution on these
 # fixed inputs; tests/test_notebook.py fails if the reference ever disagrees with them.
 
@@ -61,6 +63,13 @@
 # The helpers (data loading, checks, gradient checking, training and plots) live in
 # `captioning_helpers.py` next to this notebook. The notebook uses a GPU when there is one;
 # the checks run on the CPU in float64 so that their results do not depend on your machine.
+# On the CPU it uses one thread: the models are small, and one thread trains them as fast
+# as several, and much faster on a machine shared with others (a JupyterHub).
+#
+# **Without internet** (or if the encoder cell below fails to download its weights), set
+# `PRETRAINED_ENCODER = False` at the top of the next cell and run the notebook from there:
+# the image encoder then has random weights instead of ImageNet's. Everything works the same
+# way, but the sampled captions will not describe the images.
 
 # %% [imports]
 import matplotlib.pyplot as plt
@@ -75,10 +84,15 @@ from captioning_helpers import (
     visible_check,
 )
 
+PRETRAINED_ENCODER = True  # set to False without internet: the encoder then has random weights
+
 %matplotlib inline
 helpers.seed_everything(0)
 device = helpers.pick_device()
-print("torch", torch.__version__, "| device:", device)
+threads = helpers.limit_threads()
+pretrained = helpers.use_pretrained_encoder(PRETRAINED_ENCODER)
+print("torch", torch.__version__, "| device:", device, "| CPU threads:", threads,
+      "| encoder:", "ImageNet weights" if pretrained else "random weights (PRETRAINED_ENCODER = False)")
 
 # %% [markdown]
 # ## The data: a small subset of COCO
@@ -118,14 +132,15 @@ helpers.show_captioned_images(
 #
 # `ImageEncoder` wraps torchvision's RegNet-X 400MF without its classifier: a (N, 3, 112, 112)
 # batch becomes (N, 400, 4, 4) features, one 400-vector per cell of a 4x4 grid over the image.
-# It is frozen (never trained). The first run downloads its ImageNet weights (21 MB); without
-# internet, set the environment variable `CAPTIONING_PRETRAINED=0` before starting Jupyter and
-# everything still runs, with captions that do not describe the images.
+# It is frozen (never trained). The first run downloads its ImageNet weights (21 MB). If the
+# download fails (no internet), set `PRETRAINED_ENCODER = False` in the set-up cell, run that
+# cell again and go on from here: everything still runs, with captions that do not describe
+# the images.
 
 # %% [provided] CELL_TYPES ImageEncoder pretrained_weights_path _pretrained_state_dict
 
 # %%
-encoder = ImageEncoder(pretrained=helpers.use_pretrained_encoder()).to(device)
+encoder = ImageEncoder(pretrained=pretrained).to(device)
 features = encoder(data["train_images"][:8].to(device))
 print("features:", tuple(features.shape))
 
@@ -406,22 +421,26 @@ with visible_check("CaptioningRNN (rnn)"):
 # %% [markdown]
 # ### Overfit a small slice of the data (RNN)
 #
-# A correct model can memorise a handful of captions: train on the first caption of 50
-# training images and watch the loss go down. (On the CPU this takes a few seconds; the loss
-# should end well below 1.)
+# A correct model can memorise a handful of captions. The cell below trains it on the first
+# caption of each of 50 training images (one caption per image: an image with five different
+# captions cannot be memorised), with Adam and the recipe it prints, then samples a caption
+# from each of the 50 images.
+#
+# **Target (RNN):** the model memorises the slice, that is, it gives back all 50 captions word
+# for word, and the loss over the 50 captions ends below OVERFIT_TARGETS[rnn]. With this recipe a
+# correct implementation meets both; the cell prints both figures. (On a CPU this training
+# takes about half a minute, the LSTM's and the attention model's a little longer.)
 
 # %%
-# One caption per image: an image with five different captions cannot be memorised.
-small_idx = torch.tensor([data["train_image_idxs"].tolist().index(i) for i in range(50)])
-small_images = data["train_images"][data["train_image_idxs"][small_idx]]
-small_captions = data["train_captions"][small_idx]
-TRAINING = dict(epochs=300, batch_size=25, lr=3e-3, device=device)
+small_images, small_captions = helpers.overfit_slice(data)
+TRAINING = dict(helpers.OVERFIT_RECIPE, device=device)
+print("training recipe:", helpers.OVERFIT_RECIPE)
 
 torch.manual_seed(0)
 rnn_model = CaptioningRNN(word_to_idx, cell_type="rnn", ignore_index=word_to_idx["<NULL>"],
-                          image_encoder_pretrained=helpers.use_pretrained_encoder())
+                          image_encoder_pretrained=pretrained)
 losses = {"rnn": helpers.train_captioner(rnn_model, small_images, small_captions, desc="rnn", **TRAINING)}
-print(f"final loss (rnn): {losses['rnn'][-1]:.3f}")
+helpers.report_overfit("rnn", rnn_model, small_images, small_captions)
 helpers.plot_losses(losses)
 
 # %% [markdown]
@@ -493,6 +512,11 @@ with visible_check("LSTM"):
 # %% [markdown]
 # Now write the `lstm` case of `CaptioningRNN.forward` and `CaptioningRNN.sample` (in the
 # cell of part 3; run it again), then check it and overfit the small slice with an LSTM.
+#
+# **Target (LSTM):** as for the RNN, with the same recipe: all 50 captions memorised, and a
+# final loss below OVERFIT_TARGETS[lstm]. The LSTM is the slowest of the three to learn to
+# tell the images apart: for hundreds of epochs its loss stays high while it learns the
+# words that most captions share, then it falls.
 
 # %%
 expected_loss_lstm = torch.tensor(8.213270627, dtype=torch.float64)
@@ -508,9 +532,9 @@ with visible_check("CaptioningRNN (lstm)"):
 # %%
 torch.manual_seed(0)
 lstm_model = CaptioningRNN(word_to_idx, cell_type="lstm", ignore_index=word_to_idx["<NULL>"],
-                           image_encoder_pretrained=helpers.use_pretrained_encoder())
+                           image_encoder_pretrained=pretrained)
 losses["lstm"] = helpers.train_captioner(lstm_model, small_images, small_captions, desc="lstm", **TRAINING)
-print(f"final loss (lstm): {losses['lstm'][-1]:.3f}")
+helpers.report_overfit("lstm", lstm_model, small_images, small_captions)
 helpers.plot_losses(losses)
 
 # %% [markdown]
@@ -621,6 +645,9 @@ with visible_check("AttentionLSTM"):
 # (N, H, 4, 4); the attention LSTM starts from its mean. In `sample`, compute the attention
 # of each step yourself (`dot_product_attention`), call `self.rnn.step_forward(x, h, c, attn)`,
 # and store the weights in `attn_weights_all`. Write that case now, then check and train it.
+#
+# **Target (attention):** all 50 captions memorised, and a final loss below
+# OVERFIT_TARGETS[attn], with the same recipe.
 
 # %%
 expected_loss_attn = torch.tensor(9.429478734, dtype=torch.float64)
@@ -639,9 +666,9 @@ with visible_check("CaptioningRNN (attn)"):
 # %%
 torch.manual_seed(0)
 attn_model = CaptioningRNN(word_to_idx, cell_type="attn", ignore_index=word_to_idx["<NULL>"],
-                           image_encoder_pretrained=helpers.use_pretrained_encoder())
+                           image_encoder_pretrained=pretrained)
 losses["attn"] = helpers.train_captioner(attn_model, small_images, small_captions, desc="attn", **TRAINING)
-print(f"final loss (attn): {losses['attn'][-1]:.3f}")
+helpers.report_overfit("attn", attn_model, small_images, small_captions)
 helpers.plot_losses(losses)
 
 # %% [markdown]
@@ -665,14 +692,17 @@ for name, model in [("rnn", rnn_model), ("lstm", lstm_model), ("attn", attn_mode
 # %% [markdown]
 # ### Where the attention model looks
 #
-# For each word the attention model generated, the brighter cells of the 4x4 grid are those
-# it attended to. (With an untrained or random encoder the maps mean little.)
+# For each word the attention model generated, the colour over the image shows the weight
+# of each cell of the 4x4 grid: bright cells are those it attended to. All words share the
+# colour bar's scale, on which 1/16 is a uniform attention (every cell alike). With the
+# random encoder of `PRETRAINED_ENCODER = False` the maps mean little.
 
 # %%
-for image in [small_images[0], data["val_images"][0]]:
+for split, image in [("train", small_images[0]), ("val", data["val_images"][0])]:
     sampled, weights = attn_model.sample(image[None].to(device))
     words = helpers.decode_captions(sampled[0], idx_to_word).split()
-    helpers.show_attention(image, words, weights[0, : len(words)])
+    helpers.show_attention(image, words, weights[0, : len(words)],
+                           title=f"attn: where it looked, {split} image")
 
 # %% [markdown]
 # ## Submitting

@@ -113,10 +113,13 @@ def _pretrained_state_dict(weights, verbose: bool) -> dict:
     except Exception as exc:  # URLError, socket errors, a truncated or corrupt file
         raise RuntimeError(
             f"Could not load the pretrained RegNet-X 400MF weights ({exc}).\n"
-            f"The file is expected at {expected} (download it from {weights.url} "
-            "on a machine with internet, or set TORCH_HOME).\n"
-            "Offline, ImageEncoder(pretrained=False) / "
-            "CaptioningRNN(..., image_encoder_pretrained=False) work with random weights."
+            "Without internet: set PRETRAINED_ENCODER = False at the top of the notebook's set-up "
+            "cell (its first code cell), run that cell again, then go on from here. The encoder "
+            "then has random weights: everything runs, but captions will not describe the images.\n"
+            f"To use the ImageNet weights offline, put the file at {expected} (download it from "
+            f"{weights.url} on a machine with internet, or set TORCH_HOME).\n"
+            "Outside the notebook, ImageEncoder(pretrained=False) and "
+            "CaptioningRNN(..., image_encoder_pretrained=False) give random weights."
         ) from exc
 
 

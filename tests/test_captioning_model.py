@@ -225,6 +225,8 @@ def test_pretrained_encoder_offline_names_the_expected_file(tmp_path):
     expected_file = tmp_path / "hub" / "checkpoints" / "regnet_x_400mf-62229a5f.pth"
     assert str(expected_file) in result.stderr
     assert "pretrained=False" in result.stderr
+    # A student is told to flip the notebook's switch, not to edit provided code.
+    assert "set PRETRAINED_ENCODER = False at the top of the notebook's set-up cell" in result.stderr
 
 
 def test_features_computed_once_pass_through_the_encoder_unchanged():

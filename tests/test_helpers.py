@@ -119,3 +119,128 @@ def test_check_summary_shows_each_units_latest_checks_and_points(capsys, monkeyp
     assert "5" in rows["rnn_forward"].split() and "1 of 1 pass" in rows["rnn_forward"]
     assert "1 of 2 pass" in rows["CaptioningRNN"] and "25" in rows["CaptioningRNN"].split()
     assert "not run" in rows["LSTM"]
+
+
+# --- the set-up cell: encoder switch and threads -----------------------------------------
+
+
+def test_the_notebooks_switch_turns_the_pretrained_encoder_off(monkeypatch):
+    """Issue: offline, the only way was an environment variable set before starting Jupyter."""
+    monkeypatch.delenv("CAPTIONING_PRETRAINED", raising=False)
+    assert helpers.use_pretrained_encoder(True) is True
+    assert helpers.use_pretrained_encoder(False) is False
+    monkeypatch.setenv("CAPTIONING_PRETRAINED", "0")  # what the tests and CI set
+    assert helpers.use_pretrained_encoder(True) is False
+
+
+def test_threads_are_limited_to_the_cap_and_the_cores_this_process_may_use(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(helpers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        assert helpers.limit_threads() == helpers.MAX_THREADS == torch.get_num_threads()
+        assert helpers.limit_threads(3) == 3 == torch.get_num_threads()
+        monkeypatch.setattr(helpers.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+        assert helpers.limit_threads(3) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- training and memorising -------------------------------------------------------------
+
+
+def test_training_outside_jupyter_prints_one_final_line(capsys):
+    from solution.captioning import CaptioningRNN
+
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4}
+    model = CaptioningRNN(vocab, wordvec_dim=4, hidden_dim=4, image_encoder_pretrained=False, ignore_index=0)
+    features = torch.rand(3, 400, 4, 4)
+    captions = torch.tensor([[1, 3, 4, 2], [1, 4, 2, 0], [1, 3, 2, 0]])
+    losses = helpers.train_captioner(model, features, captions, epochs=4, batch_size=2, lr=1e-2,
+                                     device=torch.device("cpu"), desc="tiny")
+    assert len(losses) == 8
+    out, err = capsys.readouterr()
+    assert out.startswith("tiny: step 8/8, loss ") and out.count("\n") == 1 and not err
+
+
+def test_overfit_result_counts_captions_given_back_word_for_word():
+    class Echo(torch.nn.Module):
+        """Samples the stored captions, one of them with a wrong word and one with words
+        after <NULL> padding (which do not count: the caption ended at <END>)."""
+
+        word_to_idx = {"<NULL>": 0, "<START>": 1, "<END>": 2}
+
+        def __init__(self):
+            super().__init__()
+            self.image_encoder = torch.nn.Identity()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images, captions):
+            return self.weight.sum() + 0.25
+
+        def sample(self, images, max_length):
+            return torch.tensor([[3, 4, 2, 0], [3, 5, 2, 0], [4, 2, 7, 7]])[:, :max_length]
+
+    captions = torch.tensor([[1, 3, 4, 2, 0], [1, 3, 4, 2, 0], [1, 4, 2, 0, 0]])
+    assert helpers.overfit_result(Echo(), torch.zeros(3, 400, 4, 4), captions) == (0.25, 2)
+
+
+def test_the_overfitting_targets_cover_every_cell_type():
+    from solution.captioning import CELL_TYPES
+
+    assert set(helpers.OVERFIT_TARGETS) == set(CELL_TYPES)
+    assert set(helpers.OVERFIT_RECIPE) == {"epochs", "batch_size", "lr"}
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def agg_figures(monkeypatch):
+    """The figures a helper draws, drawn (Agg) and left open; closed afterwards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    monkeypatch.setattr(plt, "show", lambda: drawn.append(plt.gcf()))
+    yield drawn
+    plt.close("all")
+
+
+def test_captions_of_the_top_row_stay_clear_of_the_bottom_rows_images(agg_figures):
+    """Issue: the second line of the top row's captions hid behind the bottom row's images."""
+    long = "a man in a red shirt is riding a skateboard down the side of a ramp near a park"
+    images = torch.randint(0, 256, (8, 3, 112, 112), dtype=torch.uint8)
+    helpers.show_captioned_images(images, [long] * 8, title="grid")
+    (fig,) = agg_figures
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 8
+    for ax in axes:
+        (caption,) = [t for t in (ax.title, ax.xaxis.label) if "skateboard" in t.get_text()]
+        assert caption.get_text().count("\n") >= 2  # wrapped on three lines or more
+        box = caption.get_window_extent(renderer)
+        assert box.y1 <= ax.get_window_extent(renderer).y0 + 1  # under its own picture
+        for other in axes:
+            if other is not ax:
+                assert not box.overlaps(other.get_window_extent(renderer))
+        assert box.y0 >= -2  # inside the figure (to a pixel of the glyphs' rounding)
+
+
+def test_attention_maps_have_a_colour_map_a_colour_bar_and_a_title(agg_figures):
+    """Issue: a grey overlay at 60% opacity, no colour bar, nothing to say train or val."""
+    weights = torch.softmax(torch.randn(3, 16), dim=1).view(3, 4, 4)
+    image = torch.randint(0, 256, (3, 112, 112), dtype=torch.uint8)
+    helpers.show_attention(image, ["a", "red", "bus"], weights, title="attn: where it looked, val image")
+    (fig,) = agg_figures
+    assert "val image" in fig.get_suptitle()
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel().startswith("attention weight")
+    overlays = [ax.images[1] for ax in fig.axes if len(ax.images) == 2]
+    assert [ax.get_title() for ax in fig.axes if len(ax.images) == 2] == ["a", "red", "bus"]
+    for overlay in overlays:  # one scale for every word, from 0 to the largest weight
+        assert overlay.get_cmap().name not in ("gray", "Greys")
+        assert overlay.get_clim() == (0, pytest.approx(weights.max().item()))
+        assert overlay.norm is overlays[0].norm

@@ -6,6 +6,7 @@ gives a random encoder, and coco.pt is the one `make data` built.
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,12 @@ def image_outputs(cell) -> int:
 
 def text_of(cell) -> str:
     return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.output_type == "stream")
+
+
+def saved_text_of(cell) -> str:
+    """Everything a saved copy of the notebook shows of cell's outputs as text: streams and
+    the plain-text form of displays (what nbconvert, GitHub or a closed widget show)."""
+    return text_of(cell) + "".join(out.get("data", {}).get("text/plain", "") for out in cell.get("outputs", []))
 
 
 def execute(notebook_dir: Path, monkeypatch, device: str = "cpu", allow_errors: bool = False):
@@ -136,8 +143,37 @@ def test_instructor_notebook_runs_top_to_bottom(tmp_path, monkeypatch, device):
     assert figures_of("helpers.plot_losses(losses)") == 3, "loss curves"
     assert figures_of("helpers.show_captioned_images(images,") == 6, "sampled captions"
     assert figures_of("helpers.show_attention(") == 2, "attention maps"
-    for cell_type in ("rnn", "lstm", "attn"):
-        assert f"final loss ({cell_type})" in "".join(text_of(c) for c in code_cells)
+    printed = "".join(text_of(c) for c in code_cells)
+    for cell_type in ("rnn", "lstm", "attn"):  # the notebook's recipe, its seed, this device
+        assert f"final loss ({cell_type})" in printed
+        assert re.search(rf"final loss \({cell_type}\).* memorised 50 of 50 .*; targets met", printed)
+    assert "| CPU threads: 1 |" in printed and "random weights (PRETRAINED_ENCODER = False)" in printed
+    training = [saved_text_of(c) for c in code_cells if "helpers.train_captioner(" in c.source]
+    assert len(training) == 3 and all(re.search(r"step (\d+)/\1, loss ", t) for t in training)
+    assert not [t for t in training if re.search(r"\b0%|\b0/\d", t)], "a progress bar saved at 0%"
+
+
+def test_a_saved_notebook_shows_trainings_final_progress_line(tmp_path):
+    """Issue: saved copies of the notebook showed the progress bars as "0%| | 0/600" (a tqdm
+    widget is saved as it was first displayed)."""
+    cell = nbformat.v4.new_code_cell(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(SOURCE_DIR)!r}); sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "import captioning_helpers as helpers\n"
+        "from solution.captioning import CaptioningRNN\n"
+        "vocab = {'<NULL>': 0, '<START>': 1, '<END>': 2, 'a': 3, 'cat': 4}\n"
+        "model = CaptioningRNN(vocab, wordvec_dim=4, hidden_dim=4, image_encoder_pretrained=False)\n"
+        "captions = torch.tensor([[1, 3, 4, 2], [1, 4, 2, 0], [1, 3, 2, 0]])\n"
+        "helpers.train_captioner(model, torch.rand(3, 400, 4, 4), captions, epochs=300, batch_size=1,\n"
+        "                        lr=1e-2, device=torch.device('cpu'), desc='tiny');")
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(notebook, path)
+    saved = saved_text_of(nbformat.read(path, as_version=4).cells[0])
+    assert re.search(r"tiny: step 900/900, loss \d+\.\d+, \d+\.\d s", saved), saved
+    assert not re.search(r"\b0%|\b0/900", saved), saved
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import random
+import time
 import traceback
 
 import torch
@@ -32,13 +33,31 @@ def seed_everything(seed: int = 0) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def use_pretrained_encoder() -> bool:
+def use_pretrained_encoder(switch: bool = True) -> bool:
     """Whether to load the encoder's ImageNet weights (a 21 MB download, cached afterwards).
 
-    Set CAPTIONING_PRETRAINED=0 on a machine without internet: the notebook then runs with
-    a random encoder, and sampled captions will not describe the images.
+    switch is the notebook's PRETRAINED_ENCODER: False on a machine without internet, and
+    the notebook then runs with a random (seeded) encoder, whose sampled captions do not
+    describe the images. The environment variable CAPTIONING_PRETRAINED=0 also turns the
+    weights off, whatever the switch says (the course's tests run the notebook that way).
     """
-    return os.environ.get("CAPTIONING_PRETRAINED", "1") != "0"
+    return bool(switch) and os.environ.get("CAPTIONING_PRETRAINED", "1") != "0"
+
+
+# The notebook's models are small (128 hidden units, batches of 25): one CPU thread trains
+# them as fast as two on a quiet machine, and on a shared one (a JupyterHub, a laptop doing
+# other things) torch's default of a thread per core made training about 10x slower, each
+# thread waiting for the other's turn on a busy core (figures: BENCHMARKS.md, "The notebook").
+MAX_THREADS = 1
+
+
+def limit_threads(most: int = MAX_THREADS) -> int:
+    """Let torch use at most `most` CPU threads, and no more than the cores this process may
+    run on; returns how many it uses. A GPU, when there is one, is not affected."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(most, cores))
+    torch.set_num_threads(threads)
+    return threads
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,6 +241,69 @@ def set_parameters_fixed(module: torch.nn.Module, scale: float = 1.0) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+# How the notebook overfits a small slice of the data, declared once: the first caption of
+# each of the first OVERFIT_EXAMPLES training images, trained with OVERFIT_RECIPE. Under it a
+# correct implementation of each cell type memorises the slice (greedy sampling gives back
+# every caption word for word) and ends with a loss over the slice below OVERFIT_TARGETS
+# (tests/test_overfit.py checks the reference against both, for several seeds, with the
+# random encoder; BENCHMARKS.md has the losses it reaches).
+OVERFIT_EXAMPLES = 50
+OVERFIT_RECIPE = dict(epochs=800, batch_size=25, lr=3e-3)
+OVERFIT_TARGETS = {"rnn": 0.1, "lstm": 0.5, "attn": 0.25}
+
+
+def overfit_slice(data: dict, count: int = OVERFIT_EXAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, captions): the first caption of each of the first count training images.
+
+    One caption per image: an image with five different captions cannot be memorised.
+    """
+    image_idxs = data["train_image_idxs"].tolist()
+    rows = torch.tensor([image_idxs.index(i) for i in range(count)])
+    return data["train_images"][data["train_image_idxs"][rows]], data["train_captions"][rows]
+
+
+class _Progress:
+    """One line saying how far training has gone. In Jupyter it is a display updated in
+    place, whose last update is the final line: a saved notebook shows that line (a tqdm
+    widget is saved as its first state, "0%| | 0/600"). Elsewhere only the final line is
+    printed."""
+
+    def __init__(self, desc: str, total: int, every: float = 0.5):
+        self.desc, self.total, self.every = desc, total, every
+        self.start = self.shown = time.perf_counter()
+        self.handle = None
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        shell = get_ipython()
+        if shell is not None and getattr(shell, "kernel", None) is not None:
+            self.handle = display({"text/plain": self.line(0, None)}, raw=True, display_id=True)
+
+    def line(self, done: int, loss: float | None) -> str:
+        seconds = time.perf_counter() - self.start
+        text = f"{self.desc}: step {done}/{self.total}"
+        if loss is not None:
+            text += f", loss {loss:.3f}"
+        text += f", {seconds:.1f} s"
+        if 0 < done < self.total:
+            text += f" (about {seconds / done * (self.total - done):.0f} s left)"
+        return text
+
+    def update(self, done: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.handle is not None and now - self.shown >= self.every:
+            self.handle.update({"text/plain": self.line(done, loss)}, raw=True)
+            self.shown = now
+
+    def close(self, done: int, loss: float | None) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": self.line(done, loss)}, raw=True)
+        else:
+            print(self.line(done, loss))
+
+
 def train_captioner(model, images, captions, *, epochs: int, batch_size: int, lr: float,
                     device: torch.device, desc: str = "training") -> list[float]:
     """Train model (a CaptioningRNN) with Adam on (images, captions); returns the loss per step.
@@ -229,28 +311,58 @@ def train_captioner(model, images, captions, *, epochs: int, batch_size: int, lr
     images: (N, 3, 112, 112) uint8; captions: (N, T) int64. The encoder is frozen, so its
     features are computed once and fed to the model in place of the images.
     """
-    from tqdm.auto import tqdm
-
     model.to(device).train()
     with torch.no_grad():
         features = model.image_encoder(images.to(device))
     captions = captions.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
-    steps_per_epoch = math.ceil(len(captions) / batch_size)
-    with tqdm(total=epochs * steps_per_epoch, desc=desc) as progress:
-        for _ in range(epochs):
-            order = torch.randperm(len(captions), device=device)
-            for start in range(0, len(captions), batch_size):
-                batch = order[start : start + batch_size]
-                loss = model(features[batch], captions[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                progress.update()
-            progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    progress = _Progress(desc, epochs * math.ceil(len(captions) / batch_size))
+    for _ in range(epochs):
+        order = torch.randperm(len(captions), device=device)
+        for start in range(0, len(captions), batch_size):
+            batch = order[start : start + batch_size]
+            loss = model(features[batch], captions[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress.update(len(losses), losses[-1])
+    progress.close(len(losses), losses[-1] if losses else None)
     return losses
+
+
+def _words(caption: list[int], end: int) -> list[int]:
+    """A caption's word indices up to and including its first <END>."""
+    return caption[: caption.index(end) + 1] if end in caption else caption
+
+
+@torch.no_grad()
+def overfit_result(model, images, captions) -> tuple[float, int]:
+    """(loss over all of captions, how many of them model gives back word for word when it
+    samples greedily from their images): what memorising a slice means."""
+    model.eval()
+    device = next(model.parameters()).device
+    captions = captions.to(device)
+    features = model.image_encoder(images.to(device))
+    loss = float(model(features, captions))
+    sampled = model.sample(features, max_length=captions.shape[1] - 1)
+    sampled = sampled[0] if isinstance(sampled, tuple) else sampled
+    end = model.word_to_idx["<END>"]
+    exact = sum(_words(got, end) == _words(want, end)
+                for got, want in zip(sampled.tolist(), captions[:, 1:].tolist()))
+    return loss, exact
+
+
+def report_overfit(cell_type: str, model, images, captions) -> bool:
+    """Print the trained model's loss over the slice and how many captions it memorised,
+    against the targets of OVERFIT_TARGETS; returns whether both are met."""
+    loss, exact = overfit_result(model, images, captions)
+    target = OVERFIT_TARGETS[cell_type]
+    met = loss < target and exact == len(captions)
+    print(f"final loss ({cell_type}): {loss:.3f} over the {len(captions)} captions (target: below {target}); "
+          f"memorised {exact} of {len(captions)} (target: all); {'targets met' if met else 'TARGETS MISSED'}")
+    return met
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,21 +378,34 @@ def _as_picture(image: torch.Tensor):
     return image.to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def _caption_axes(ax, caption: str, width: int = 30) -> None:
+    """Write caption, wrapped, under the picture of ax. It is the axes' x label, which the
+    figure's layout makes room for (a title moved under the axes is not, and the next row
+    of pictures covered its second line)."""
+    import textwrap
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel("\n".join(textwrap.wrap(caption, width)) or " ", fontsize=9, labelpad=4)
+
+
 def show_captioned_images(images: torch.Tensor, captions: list[str], title: str = "", ncols: int = 4):
     """A grid of images, each with its caption underneath. images: (N, 3, H, W)."""
     import matplotlib.pyplot as plt
-    import textwrap
 
     nrows = math.ceil(len(images) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.9 * nrows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
+        ax.axis("on")
         ax.imshow(_as_picture(image))
-        ax.set_title("\n".join(textwrap.wrap(caption, 32)), fontsize=9, y=-0.02, va="top")
+        _caption_axes(ax, caption)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     plt.show()
 
 
@@ -299,29 +424,43 @@ def plot_losses(histories: dict[str, list[float]]):
     plt.show()
 
 
-def show_attention(image: torch.Tensor, words: list[str], weights: torch.Tensor, ncols: int = 6):
-    """Where the model looked for each word it generated.
+def show_attention(image: torch.Tensor, words: list[str], weights: torch.Tensor, title: str = "",
+                   ncols: int = 6):
+    """Where the model looked for each word it generated: the attention weights of the 4x4
+    grid in colour over the image, on one scale for every word (the colour bar's), from 0 to
+    the largest weight, stretched at the low end (a square-root scale) so that weights near
+    a uniform attention's 1/16, marked on the bar, still differ in colour.
 
     image: (3, H, W); words: the generated words; weights: (len(words), 4, 4) attention.
     """
     import matplotlib.pyplot as plt
     import torch.nn.functional as F
+    from matplotlib.colors import PowerNorm
 
     picture = _as_picture(image)
     height, width = picture.shape[:2]
+    weights = weights.detach().float().cpu()
     # Bilinear upsampling of the 4x4 grid shows the weights at the image's scale.
-    maps = F.interpolate(weights[:, None].detach().float().cpu(), size=(height, width),
-                         mode="bilinear", align_corners=False)[:, 0]
+    maps = F.interpolate(weights[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    scale = PowerNorm(0.5, vmin=0, vmax=max(float(weights.max()), 1 / 16) if len(words) else 1 / 16)
     panels = len(words) + 1
     nrows = math.ceil(panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols + 0.8, 2.5 * nrows + 0.6), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(picture)
     axes.flat[0].set_title("image", fontsize=9)
+    shown = None
     for ax, word, weight_map in zip(list(axes.flat)[1:], words, maps):
         ax.imshow(picture)
-        ax.imshow(weight_map.numpy(), cmap="gray", alpha=0.6)
+        shown = ax.imshow(weight_map.numpy(), cmap="inferno", norm=scale, alpha=0.6)
         ax.set_title(word, fontsize=9)
-    fig.tight_layout()
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.8, pad=0.02)
+        bar.solids.set_alpha(1)
+        bar.ax.axhline(1 / 16, color="cyan", linewidth=2)
+        bar.set_label("attention weight (cyan line: 1/16, uniform)")
+    if title:
+        fig.suptitle(title)
     plt.show()
