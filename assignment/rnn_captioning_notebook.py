@@ -51,6 +51,14 @@
 #   are ignored. Your code may call the functions this notebook says it may (for example
 #   `rnn_step_forward` inside `rnn_forward`, or `lstm_gates`), but must not rely on any other
 #   variable defined elsewhere in the notebook.
+# * A bug costs points only in its own unit. A unit that fails while a unit it relies on
+#   fails its own tests (your `rnn_forward` calling a buggy `rnn_step_forward`, your
+#   `rnn_step_backward` reading that function's cache) is graded again with the grader's
+#   version of that unit in place of yours, and keeps the better result; the feedback says
+#   so. This works when your step cache is laid out as `(x, prev_h, Wx, Wh, next_h)`;
+#   otherwise the reason names the unit to fix first. If your backward pass does better with
+#   the grader's forward pass than with yours (while yours passes its own tests), your
+#   forward pass caches what your backward cannot use, and the forward pass loses its points.
 #
 # After each part, a cell of **visible checks** runs your code on fixed inputs and prints
 # PASS or FAIL with the relative error against the expected values. Passing them is a good
