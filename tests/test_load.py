@@ -21,7 +21,8 @@ def test_a_class_gets_the_same_verdicts_beside_four_cpu_bound_processes(tmp_path
     lines = []
     differences = load.trial(tmp_path, runs=3, hogs=4, jobs=2, echo=lines.append)
     assert not differences, "\n".join(lines + differences)
-    expected = {"correct": 100, "stubs": 0, "bug": 87, "heavy_but_legal": 100, "sleeps_3_s": 100,
+    # bug: rnn_forward's 5 points (rnn_backward, fed its cache, is judged again with the grader's)
+    expected = {"correct": 100, "stubs": 0, "bug": 95, "heavy_but_legal": 100, "sleeps_3_s": 100,
                 "prints_a_flood": 100, "forks_a_spinner": 100}
     scores = {s: sum(t[2] for t in tests) for s, (status, tests) in load.verdicts(tmp_path / "course").items()}
     assert {s: scores[s] for s in expected} == expected, scores
