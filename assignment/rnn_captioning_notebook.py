@@ -46,6 +46,10 @@
 #   `subprocess`, or changing `torch` itself (`torch.allclose = ...`). The grader checks
 #   every graded cell (mentions in comments, docstrings and strings do not count) and runs
 #   your code with those built-ins switched off; a unit that uses one scores zero.
+#   Everything else in `torch` may be used, `torch.nn.functional` included (`F.embedding`,
+#   `F.one_hot`, `F.cross_entropy`, `F.softmax`, `torch.einsum`, ...).
+# * The grader runs your code with the course's Python (3.11 or later) and torch: the
+#   versions the set-up cell prints.
 # * Only your solution cells are graded, each on its own, on hidden inputs, in a fresh
 #   process. The provided cells are taken from the original assignment, so changes to them
 #   are ignored. Your code may call the functions this notebook says it may (for example
@@ -80,6 +84,8 @@
 # way, but the sampled captions will not describe the images.
 
 # %% [imports]
+import platform
+
 import matplotlib.pyplot as plt
 
 import captioning_helpers as helpers
@@ -99,8 +105,8 @@ helpers.seed_everything(0)
 device = helpers.pick_device()
 threads = helpers.limit_threads()
 pretrained = helpers.use_pretrained_encoder(PRETRAINED_ENCODER)
-print("torch", torch.__version__, "| device:", device, "| CPU threads:", threads,
-      "| encoder:", "ImageNet weights" if pretrained else "random weights (PRETRAINED_ENCODER = False)")
+print("Python", platform.python_version(), "| torch", torch.__version__, "| device:", device,
+      "| CPU threads:", threads, "| encoder:", "ImageNet weights" if pretrained else "random weights (PRETRAINED_ENCODER = False)")
 
 # %% [markdown]
 # ## The data: a small subset of COCO
