@@ -17,8 +17,8 @@ NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
-	@echo "make test         lint, then the whole test suite (CI runs this; about 40-50 minutes on 2 cores)"
-	@echo "make test-fast    lint, then every test but the slow ones (about 2-3 minutes)"
+	@echo "make test         lint, then the whole test suite (CI runs this; about 50-60 minutes on 2 cores)"
+	@echo "make test-fast    lint, then every test but the slow ones (about 2-7 minutes)"
 	@echo "make lint         ruff check (settings in pyproject.toml)"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
