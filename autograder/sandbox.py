@@ -1,20 +1,26 @@
 """Running an untrusted Python worker (student code) where it can do no harm.
 
-``run_worker`` starts ``python argv...`` and reports what happened; it never interprets
-the worker's results. The defences, each applied when this machine allows it and listed in
+``run_worker`` runs ``python argv...`` and reports what happened; it never interprets the
+worker's results. The worker is forked, warm, from this process's zygote (zygote.py: a
+process that imported torch and the worker's modules once, and never holds reference code,
+expected values, the secret or any submission), into a sandbox made for this run alone.
+The defences, each applied when this machine allows it and listed in
 ``SandboxResult.defences`` (the ones that could not be applied, with the reason, in
 ``SandboxResult.missing_defences``):
 
-* bubblewrap (``bwrap``): new user, pid, network, ipc, uts and cgroup namespaces, uid/gid
-  65534 inside, no capabilities, no nested user namespaces, an empty environment plus a
-  minimal one, and a filesystem that holds only the system directories, the Python
-  installation, the caller's read-only directories and the read-write ``workdir``;
-* rlimits set in the child before exec: CPU time, data segment (memory), file size, core
-  dumps (and the process count when not root: root is exempt from RLIMIT_NPROC);
+* bubblewrap (``bwrap``), started for each run: new user, pid, network, ipc, uts and cgroup
+  namespaces, uid/gid 65534 inside, no capabilities, no nested user namespaces, and a
+  filesystem that holds only the system directories, the Python installation, the caller's
+  read-only directories and the read-write ``workdir``. Its pid 1 is a non-dumpable holder
+  that does nothing; the zygote's child (the keeper) joins every namespace of it through a
+  pidfd, drops every capability, and forks the worker, the run's first process there;
+* rlimits set by the keeper: CPU time, data segment (memory), file size, core dumps (and the
+  process count when not root: root is exempt from RLIMIT_NPROC);
 * a per-run cgroup v1 in the ``pids`` controller (the fork-bomb defence that also works for
-  root) and in the ``memory`` controller (the limit that counts every kind of memory);
-* a wall clock: on expiry the process group, the cgroups' members and, under bwrap, the
-  whole pid namespace are killed; stdout and stderr are read concurrently and only the
+  root) and in the ``memory`` controller (the limit that counts every kind of memory), which
+  bwrap, the holder, the keeper and the worker all join;
+* a wall clock: on expiry the worker's process group, the cgroups' members and, under bwrap,
+  the whole pid namespace are killed; stdout and stderr are read concurrently and only the
   first ``output_bytes`` are kept.
 
 Without bwrap the worker only runs when the caller passes ``allow_unsandboxed=True``.
@@ -22,18 +28,24 @@ Without bwrap the worker only runs when the caller passes ``allow_unsandboxed=Tr
 
 from __future__ import annotations
 
+import atexit
+import collections
 import ctypes
 import functools
 import glob
 import itertools
+import json
 import os
 import resource
+import select
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +57,14 @@ _READ_CHUNK = 1 << 16
 _POLL_SECONDS = 0.05  # how often the reading loop checks whether the worker has exited
 _EXIT_GRACE_SECONDS = 1.0  # how long to drain pipes held open by leftovers after the worker exits
 _run_ids = itertools.count()
-# The killed_reason of a run whose worker, or a process above it in the sandbox, was found
-# stopped (SIGSTOP, SIGTSTP...): only code in the sandbox can have sent the signal, and a
-# stopped worker enforces no limit on it.
+# The killed_reason of a run whose worker was found stopped (SIGSTOP, SIGTSTP...): only code
+# in the sandbox can have sent the signal, and a stopped worker enforces no limit on it.
 WORKER_STOPPED = "the worker was stopped by a process of the sandbox"
-# Under bwrap the worker is the third process below bwrap: the sandbox's pid 1, the reaper, it.
-_BWRAP_DEPTH = 3
+# How long a zygote may take to import torch and warm up, and a sandbox to start, on a
+# loaded machine; past it the run fails (never a student's fault: the caller says so).
+ZYGOTE_START_SECONDS = 300
+HOLDER_START_SECONDS = 120
+ZYGOTE_FILE = Path(__file__).resolve().parent / "zygote.py"
 
 # Namespaces and identity under bwrap. --unshare-user is explicit because bwrap run by root
 # would otherwise skip the user namespace (and run the worker as real root).
@@ -66,30 +80,26 @@ _ETC_FILES = ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/
 _SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
 _BWRAP_ENV = {"PATH": "/usr/bin:/bin"}
 
-# Run inside the sandbox between bwrap and the worker: it reports the worker's raw wait
-# status on a pipe, because bwrap turns "killed by signal N" into exit code 128 + N.
-# Exec'd python is dumpable: it makes itself not, so that no process of the sandbox can
-# open its descriptors through /proc/<reaper>/fd (forge its status or stderr), and closes
-# every descriptor but its own once the worker runs (a job pipe held open never ends).
-_REAPER = """\
-import ctypes, os, sys
+# The sandbox's pid 1, the process whose namespaces the keeper joins: it makes itself
+# non-dumpable (no process of the sandbox may trace it or open its descriptors through /proc),
+# says so, keeps nothing but /dev/null, and waits to be killed. As the pid namespace's init
+# it ignores every signal sent from inside, so no unit can end or stop it.
+_HOLDER = """\
+import ctypes, os, signal
 libc = ctypes.CDLL(None)
-if libc.prctl(4, 0, 0, 0, 0) or libc.prctl(3, 0, 0, 0, 0):  # PR_SET_DUMPABLE 0, PR_GET_DUMPABLE
-    sys.stderr.write("reaper: could not make itself non-dumpable; refusing to run")
+if libc.prctl(4, 0, 0, 0, 0) or libc.prctl(3, 0, 0, 0, 0):
     os._exit(125)
-fd = int(sys.argv[1])
-os.set_inheritable(fd, False)
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execv(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
-os.closerange(3, fd)
-os.closerange(fd + 1, 1 << 16)
-status = os.waitpid(pid, 0)[1]
-os.write(fd, b"%d" % status)
-os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+# As zygote.set_process_title: what its command line shows is a name, not the paths above.
+fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+start, end = int(fields[45]), int(fields[46])
+ctypes.memmove(start, b"captioning-sandbox".ljust(end - start, b"\\0")[:end - start], end - start)
+null = os.open("/dev/null", os.O_RDWR)
+os.write(1, b"ready\\n")
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+os.closerange(3, 1 << 16)
+while True:
+    signal.pause()
 """
 
 
@@ -187,6 +197,131 @@ def run_worker(argv: list[str], *, workdir: Path | None = None, readonly_dirs=()
         close_passed_fds()
 
 
+class ZygoteFailed(RuntimeError):
+    """The zygote could not fork this run's worker (it died, stopped, or would not start)."""
+
+
+class Zygote:
+    """The warm process that forks this run's keeper and worker (zygote.py).
+
+    One per Python interpreter and grader process, started on first use (or early, by
+    ``start_zygote``) and again whenever it has died or been stopped: a request it cannot
+    answer is retried once with a new zygote, then the run fails, never with a score.
+    """
+
+    def __init__(self, python: Path, preload: tuple[str, ...] = ()):
+        self.python, self.preload = python, preload
+        self._lock = threading.Lock()
+        self._stderr = collections.deque(maxlen=50)
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        bootstrap = ("import sys; sys.path.insert(0, sys.argv[1]); import zygote; "
+                     "zygote.main(int(sys.argv[2]), sys.argv[3:])")
+        try:
+            self.proc = subprocess.Popen(
+                [str(self.python), "-c", bootstrap, str(ZYGOTE_FILE.parent), str(child.fileno()), *self.preload],
+                cwd="/", env=_worker_env(self.python, None, home="/tmp"), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(child.fileno(),),
+                start_new_session=True)
+        finally:
+            child.close()
+        self._socket, self._ready = parent, None
+        threading.Thread(target=self._keep_stderr, args=(self.proc.stderr,), daemon=True,
+                         name="zygote-stderr").start()
+
+    def _keep_stderr(self, stream) -> None:
+        for line in stream:
+            self._stderr.append(line.decode(errors="replace"))
+
+    def start_problem(self) -> str:
+        """Wait until the zygote has warmed up; why it cannot fork, or ""."""
+        if self._ready is None:
+            self._socket.settimeout(ZYGOTE_START_SECONDS)
+            try:
+                reply = json.loads(self._socket.recv(1 << 16) or b"null")
+            except (OSError, ValueError) as exc:
+                reply = None
+                self._stderr.append(f"no word from the zygote: {exc}")
+            self._ready = (reply or {}).get("problem", "the zygote died while starting") if isinstance(reply, dict) \
+                else "the zygote died while starting"
+            if self._ready:
+                self._ready += ": " + "".join(self._stderr)[-2000:]
+        return self._ready
+
+    def healthy(self) -> bool:
+        return self.proc.poll() is None and not _is_stopped(self.proc.pid)
+
+    def fork(self, request: dict, fds: list[int]) -> int:
+        """Send one run's request with its descriptors; the keeper's pid. ZygoteFailed when
+        neither this zygote nor a new one forks it."""
+        with self._lock:
+            problem = ""
+            for _ in range(2):
+                if not self.healthy():
+                    self._restart()
+                problem = self.start_problem()
+                if not problem:
+                    try:
+                        self._socket.settimeout(ZYGOTE_START_SECONDS)
+                        socket.send_fds(self._socket, [json.dumps(request).encode()], fds)
+                        reply = json.loads(self._socket.recv(1 << 16))
+                        if reply.get("pid", -1) > 0:
+                            return reply["pid"]
+                        problem = reply.get("problem") or "the zygote could not fork"
+                    except (OSError, ValueError) as exc:
+                        problem = f"the zygote did not answer ({type(exc).__name__}: {exc})"
+                self._restart()
+            raise ZygoteFailed(problem)
+
+    def _restart(self) -> None:
+        self.close()
+        self._start()
+
+    def close(self) -> None:
+        """End the zygote (its keepers and workers run on: each has its own sandbox)."""
+        self._socket.close()
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+
+
+_ZYGOTES: dict[tuple, Zygote] = {}
+_ZYGOTES_LOCK = threading.Lock()
+
+
+def start_zygote(python: Path | None = None, preload: tuple[str, ...] = ()) -> Zygote:
+    """This process's zygote for python (started now if there is none): call it early so
+    that its start-up overlaps with the caller's own."""
+    key = (Path(python or sys.executable).absolute(), tuple(preload))
+    with _ZYGOTES_LOCK:
+        if key not in _ZYGOTES:
+            _ZYGOTES[key] = Zygote(*key)
+        return _ZYGOTES[key]
+
+
+@atexit.register
+def _close_zygotes() -> None:
+    with _ZYGOTES_LOCK:
+        for zygote in _ZYGOTES.values():
+            zygote.close()
+        _ZYGOTES.clear()
+
+
+def _is_stopped(pid: int | None) -> bool:
+    """Whether pid is in a stopped or traced state (it would never report again)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False  # ended meanwhile
+
+
 def _checked_paths(workdir, readonly_dirs, readonly_files, python) -> tuple[Path | None, list[Path], Path]:
     """(workdir or None, the read-only directories then files, python), each checked to exist
     (workdir and the directories as directories) and made absolute."""
@@ -212,40 +347,267 @@ def _run_worker(argv, workdir, readonly_dirs, readonly_files, limits, allow_unsa
     """run_worker's SandboxResult; on_start closes the caller's copies of pass_fds."""
     workdir, readonly, python = _checked_paths(workdir, readonly_dirs, readonly_files, python)
     ok, why = _sandbox_or_refuse(allow_unsandboxed)
-    extra_tasks = 3 if ok else 0  # bwrap, the sandbox's pid 1 and the reaper
+    extra_tasks = 3 if ok else 1  # bwrap, the holder and the keeper; unsandboxed, the keeper
     cgroups = _Cgroups(limits, extra_tasks)
     rlimits, defences, missing = _rlimits(limits, cgroups.pids_active, extra_tasks)
-    status_read = status_write = args_fd = private_dir = None
+    private_dir = None
+    if ok:
+        defences.insert(0, _BWRAP_DEFENCE)
+    else:
+        missing.insert(0, f"filesystem and network isolation: {why}")
+        if workdir is None:
+            workdir = private_dir = Path(tempfile.mkdtemp(prefix="captioning-worker-"))
+    run = _Run("bwrap" if ok else "unsandboxed", limits, cgroups, cancel)
     try:
-        if ok:
-            status_read, status_write = os.pipe()
-            args_fd, command = _bwrap_arguments(_bwrap_command(
-                python, argv, workdir, readonly, limits, env, status_write))
-            defences.insert(0, _BWRAP_DEFENCE)
-        else:
-            command = [str(python), *argv]
-            missing.insert(0, f"filesystem and network isolation: {why}")
-            if workdir is None:
-                workdir = private_dir = Path(tempfile.mkdtemp(prefix="captioning-worker-"))
-        result = _run(command, mode="bwrap" if ok else "unsandboxed", workdir=workdir or Path("/"),
-                      limits=limits, cgroups=cgroups, rlimits=rlimits,
-                      # bwrap itself starts with next to nothing: the sandbox's pid 1 keeps
-                      # bwrap's environment, which its processes can read.
-                      env=_BWRAP_ENV if ok else _worker_env(python, env, home=str(workdir)),
-                      pass_fds=tuple(fd for fd in (status_write, args_fd) if fd is not None) + pass_fds,
-                      die_with_parent=not ok, on_start=on_start, cancel=cancel)
-        if ok:
-            os.close(status_write)
-            status_write = None
-            result.returncode = _worker_returncode(result.returncode, status_read)
-        return _completed(result, cgroups, defences, missing)
+        run.start(python, argv, workdir, readonly, env, rlimits, pass_fds, on_start)
+        return _completed(run.collect(), cgroups, defences, missing)
     finally:
-        for fd in (status_read, status_write, args_fd):
-            if fd is not None:
-                os.close(fd)
+        run.close()
         cgroups.cleanup()
         if private_dir is not None:
             remove_tree(private_dir)
+
+
+class _Run:
+    """One worker run: its sandbox's holder (under bwrap), the keeper and the worker that the
+    zygote forked for it, and the grader's ends of their pipes."""
+
+    def __init__(self, mode: str, limits: Limits, cgroups: _Cgroups, cancel):
+        self.mode, self.limits, self.cgroups, self.cancel = mode, limits, cgroups, cancel
+        self.started = time.monotonic()
+        self.deadline = self.started + limits.wall_seconds
+        self.holder: subprocess.Popen | None = None
+        self.keeper = self.worker = self.wait_status = None
+        self.failure = ""  # why the worker never ran (the grader's side, never the worker's)
+        self.output: dict[int, bytearray] = {}
+        self.status = None  # our end of the keeper's status socket
+        self._status_buffer = b""
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start(self, python: Path, argv, workdir, readonly, env, rlimits, pass_fds, on_start) -> None:
+        """Start the holder (under bwrap), then have the zygote fork the keeper and worker."""
+        procs_fds = self._cgroup_procs_fds()
+        theirs = []  # this process's copies of what goes to the keeper (pass_fds: on_start's)
+        try:
+            pidfd = None
+            if self.mode == "bwrap":
+                pidfd = self._start_holder(python, workdir, readonly, rlimits, procs_fds)
+                if pidfd is None:
+                    return
+                theirs.append(pidfd)
+            self.status, status_theirs = socket.socketpair()
+            theirs.insert(0, status_theirs.detach())
+            out_read, out_write = os.pipe()
+            err_read, err_write = os.pipe()
+            self.output = {out_read: bytearray(), err_read: bytearray()}
+            theirs[1:1] = [os.open(os.devnull, os.O_RDONLY), out_write, err_write]
+            request = {"sandboxed": self.mode == "bwrap", "rlimits": rlimits, "cgroups": len(procs_fds),
+                       "pass_fds": list(pass_fds), "argv": list(argv),
+                       "env": _worker_env(python, env, home="/tmp" if self.mode == "bwrap" else str(workdir)),
+                       "cwd": str(workdir or "/tmp")}
+            try:
+                self.keeper = start_zygote(python).fork(request, [*theirs, *procs_fds, *pass_fds])
+            except ZygoteFailed as exc:
+                self.failure = f"the zygote could not fork the worker: {exc}"
+        finally:
+            for fd in theirs + procs_fds:
+                _close_quietly(fd)
+            on_start()
+
+    def _cgroup_procs_fds(self) -> list[int]:
+        fds = []
+        for path in self.cgroups.procs_files():
+            try:
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError:
+                pass  # check_member reports the cgroup as missing
+        return fds
+
+    def _start_holder(self, python: Path, workdir, readonly, rlimits, procs_fds) -> int | None:
+        """Start bwrap with the holder as its pid 1; a pidfd of the holder once it is ready,
+        or None with self.failure set."""
+        info_read, info_write = os.pipe()
+        args_fd = None
+        try:
+            args_fd, command = _bwrap_arguments(_bwrap_command(python, workdir, readonly, self.limits, info_write))
+            self.holder = subprocess.Popen(
+                command, cwd="/", env=_BWRAP_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+                pass_fds=tuple(fd for fd in (args_fd, info_write) if fd is not None),
+                preexec_fn=_child_setup(rlimits, procs_fds, False))
+        finally:
+            for fd in (args_fd, info_write):
+                if fd is not None:
+                    os.close(fd)
+        try:
+            info, said = _read_until(
+                {info_read: lambda data: data.rstrip().endswith(b"}"),
+                 self.holder.stdout.fileno(): lambda data: data.endswith(b"ready\n")},
+                min(self.deadline, time.monotonic() + HOLDER_START_SECONDS))
+        finally:
+            os.close(info_read)
+        if info is None:
+            self._kill()
+            self.holder.wait()
+            self.failure = ("the sandbox did not start: " + self.holder.stderr.read(4000).decode(errors="replace")
+                            + f" (bwrap exit status {self.holder.returncode})")
+            return None
+        holder_pid = json.loads(info)["child-pid"]
+        pidfd = os.pidfd_open(holder_pid)
+        if _parent_of(holder_pid) != self.holder.pid:  # a recycled pid names another process
+            os.close(pidfd)
+            self.failure = "the sandbox's holder ended before the worker could join it"
+            return None
+        return pidfd
+
+    # --- running ----------------------------------------------------------------------------
+
+    def collect(self) -> SandboxResult:
+        """Read the worker's stdout and stderr and the keeper's reports until the worker has
+        ended and its pipes are closed, or a limit is hit."""
+        if self.failure:
+            return self._result(None, b"", self.failure.encode(), False)
+        seen, reason = self._read_pipes()
+        out, err = (bytes(buffer) for buffer in self.output.values())
+        if self.wait_status is None:
+            unreported = self._await_status()
+            reason = reason or unreported
+        if self.failure:
+            err += b"\n" + self.failure.encode()
+        return self._result(reason, out, err, seen > self.limits.output_bytes)
+
+    def _read_pipes(self) -> tuple[int, str | None]:
+        """(bytes read in all, the killed_reason of a kill, or None when the worker ended and
+        its pipes closed or were given up); the first output_bytes read are kept."""
+        seen, exited_at = 0, None
+        with selectors.DefaultSelector() as selector:
+            for fd in self.output:
+                selector.register(fd, selectors.EVENT_READ)
+            selector.register(self.status, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                if exited_at is None:
+                    reason = _stop_reason(now, self.deadline, self.cancel, self._stopped)
+                    if reason is not None:
+                        self._kill()
+                        return seen, reason
+                    if self.wait_status is not None:
+                        exited_at = now
+                        self._kill()  # leftovers holding the pipes open
+                elif not any(fd in selector.get_map() for fd in self.output) or now - exited_at > _EXIT_GRACE_SECONDS:
+                    return seen, None  # past the grace, an escaped descendant holds a pipe: give up
+                for key, _ in selector.select(timeout=max(min(self.deadline - now, _POLL_SECONDS), 0)):
+                    if key.fileobj is self.status:
+                        if not self._read_status():
+                            selector.unregister(self.status)
+                        continue
+                    chunk = os.read(key.fd, _READ_CHUNK)
+                    if not chunk:
+                        selector.unregister(key.fd)
+                        continue
+                    room = self.limits.output_bytes - sum(len(b) for b in self.output.values())
+                    self.output[key.fd] += chunk[:max(room, 0)]
+                    seen += len(chunk)
+                    if seen > OUTPUT_KILL_FACTOR * self.limits.output_bytes:
+                        self._kill()
+                        return seen, "output limit"
+
+    def _read_status(self) -> bool:
+        """Take the keeper's report lines ("W pid", "S wait status", "E why"); False at its end."""
+        chunk = self.status.recv(4096)
+        self._status_buffer += chunk
+        *lines, self._status_buffer = self._status_buffer.split(b"\n")
+        for line in lines:
+            kind, _, value = line.decode(errors="replace").partition(" ")
+            if kind == "W" and value.isdigit():
+                self.worker = int(value)
+                self.cgroups.check_member(self.keeper)  # it joined them before forking the worker
+            elif kind == "S" and value.lstrip("-").isdigit():
+                self.wait_status = int(value)
+            elif kind == "E":
+                self.failure = value[:2000]
+                self.wait_status = 125 << 8
+        if not chunk and self.wait_status is None:
+            self.wait_status = signal.SIGKILL  # the keeper was killed: so was the worker
+        return bool(chunk)
+
+    def _await_status(self) -> str | None:
+        """After a kill: the keeper reports the worker's end once it has reaped it."""
+        deadline = time.monotonic() + 5
+        while self.wait_status is None and time.monotonic() < deadline:
+            if select.select([self.status], [], [], 0.05)[0] and not self._read_status():
+                break
+        return None if self.wait_status is not None else "the worker's end was not reported"
+
+    def _stopped(self) -> bool:
+        """Whether the worker, or the keeper above it, is stopped: neither would end."""
+        return _is_stopped(self.worker) or _is_stopped(self.keeper)
+
+    def _kill(self) -> None:
+        """SIGKILL the worker's group, bwrap (whose death ends the holder and with it the whole
+        pid namespace) and every task in the run's cgroups."""
+        for group in (self.worker, self.holder.pid if self.holder else None):
+            if group is not None:
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass  # the group is already gone
+        self.cgroups.kill_all()
+
+    def _result(self, reason, stdout: bytes, stderr: bytes, truncated: bool) -> SandboxResult:
+        returncode = None if self.wait_status is None else os.waitstatus_to_exitcode(self.wait_status)
+        return SandboxResult(mode=self.mode, returncode=returncode, timed_out=reason == "wall-clock limit",
+                             killed_reason=reason, stdout=stdout.decode(errors="replace"),
+                             stderr=stderr.decode(errors="replace"), output_truncated=truncated,
+                             wall_seconds=time.monotonic() - self.started)
+
+    def close(self) -> None:
+        """Nothing of the run outlives it: kill what is left, close our ends, reap bwrap."""
+        self._kill()
+        if self.status is not None:
+            self.status.close()  # a keeper still waiting kills its worker and ends
+        for fd in self.output:
+            _close_quietly(fd)
+        if self.holder is not None:
+            self.holder.wait()
+            self.holder.stdout.close()
+            self.holder.stderr.close()
+
+
+def _read_until(sources: dict, deadline: float) -> tuple[bytes | None, bytes | None]:
+    """Read each fd of sources until its predicate holds for what it sent: (the first
+    source's bytes, the second's), or (None, None) at an end of file or the deadline."""
+    received = {fd: b"" for fd in sources}
+    pending = set(sources)
+    while pending:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return None, None
+        for fd in select.select(list(pending), [], [], wait)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None, None
+            received[fd] += chunk
+            if sources[fd](received[fd]):
+                pending.discard(fd)
+    first, second = received.values()
+    return first, second
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _completed(result: SandboxResult, cgroups: _Cgroups, defences: list[str],
@@ -318,9 +680,10 @@ def _python_dirs(python: Path) -> tuple[str, ...]:
     return tuple(sorted(prefixes))
 
 
-def _bwrap_command(python: Path, argv: list[str], workdir: Path, readonly_dirs: list[Path],
-                   limits: Limits, env: dict[str, str] | None, status_fd: int) -> list[str]:
-    """The bwrap command line that runs the reaper, which runs ``python argv...``."""
+def _bwrap_command(python: Path, workdir: Path | None, readonly_dirs: list[Path], limits: Limits,
+                   info_fd: int) -> list[str]:
+    """The bwrap command line that starts the holder as the sandbox's pid 1 and writes its
+    pid (as this machine sees it) on info_fd."""
     bwrap, isolation, _ = _bwrap_setup()
     command = [bwrap, *isolation, "--clearenv", "--proc", "/proc", "--dev", "/dev",
                "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
@@ -328,8 +691,6 @@ def _bwrap_command(python: Path, argv: list[str], workdir: Path, readonly_dirs: 
     # NVIDIA device nodes, where there are any, so that --device cuda works in the sandbox.
     for path in sorted(glob.glob("/dev/nvidia*")):
         command += ["--dev-bind-try", path, path]
-    for name, value in _worker_env(python, env, home="/tmp").items():
-        command += ["--setenv", name, value]
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):  # merged /usr: /lib -> usr/lib
             command += ["--symlink", os.readlink(path), path]
@@ -343,8 +704,8 @@ def _bwrap_command(python: Path, argv: list[str], workdir: Path, readonly_dirs: 
     for flag, path in sorted(binds, key=lambda bind: len(bind[1].parts)):
         command += [flag, str(path), str(path)]
     # The sandbox's root is a tmpfs: make it read-only so that only workdir and /tmp take writes.
-    command += ["--remount-ro", "/", "--chdir", str(workdir or "/tmp"), "--"]
-    return command + [str(python), "-I", "-S", "-c", _REAPER, str(status_fd), str(python), *argv]
+    command += ["--remount-ro", "/", "--as-pid-1", "--info-fd", str(info_fd), "--"]
+    return command + [str(python), "-I", "-S", "-c", _HOLDER]
 
 
 def _rlimits(limits: Limits, pids_cgroup: bool, extra_tasks: int):
@@ -551,100 +912,6 @@ def _child_setup(rlimits, cgroup_procs_fds: list[int], die_with_parent: bool):
     return setup
 
 
-def _run(command: list[str], *, mode: str, workdir: Path, limits: Limits, cgroups: _Cgroups,
-         rlimits, env: dict[str, str] | None, pass_fds, die_with_parent: bool,
-         on_start=lambda: None, cancel=None) -> SandboxResult:
-    """Start ``command`` in a new session, collect its output, enforce the wall clock;
-    ``on_start`` runs once the process exists."""
-    started = time.monotonic()
-    deadline = started + limits.wall_seconds
-    procs_fds = []
-    for path in cgroups.procs_files():
-        try:
-            procs_fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-        except OSError:
-            pass  # check_member reports the cgroup as missing
-    try:
-        proc = subprocess.Popen(
-            command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, pass_fds=pass_fds,
-            preexec_fn=_child_setup(rlimits, procs_fds, die_with_parent))
-    finally:
-        for fd in procs_fds:
-            os.close(fd)
-    on_start()
-    cgroups.check_member(proc.pid)
-    depth = _BWRAP_DEPTH if mode == "bwrap" else 0
-    try:
-        stdout, stderr, truncated, reason = _collect(proc, limits, deadline, cgroups, cancel,
-                                                     lambda: _worker_stopped(proc.pid, depth))
-    finally:
-        _kill(proc, cgroups)  # nothing the worker started outlives the run
-        proc.stdout.close()
-        proc.stderr.close()
-    return SandboxResult(
-        mode=mode, returncode=proc.wait(), timed_out=reason == "wall-clock limit",
-        killed_reason=reason, stdout=stdout.decode(errors="replace"),
-        stderr=stderr.decode(errors="replace"), output_truncated=truncated,
-        wall_seconds=time.monotonic() - started)
-
-
-def _collect(proc: subprocess.Popen, limits: Limits, deadline: float, cgroups: _Cgroups,
-             cancel=None, stopped=lambda: False):
-    """Read stdout and stderr until both close, the process ends, a limit is hit or
-    ``stopped()`` says the worker was stopped.
-
-    Returns (stdout bytes, stderr bytes, truncated, killed_reason or None). Bytes beyond
-    ``output_bytes`` (both streams together) are read and dropped, so the worker never
-    blocks on a full pipe and the grader's memory stays bounded.
-    """
-    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    seen, reason = _read_pipes(proc, kept, limits, deadline, cgroups, cancel, stopped)
-    if reason is not None:
-        return _output(kept, seen, limits, reason)
-    # Pipes closed: wait for the exit itself, still under the wall clock.
-    try:
-        proc.wait(timeout=max(deadline - time.monotonic(), 0))
-    except subprocess.TimeoutExpired:
-        _kill(proc, cgroups)
-        return _output(kept, seen, limits, "wall-clock limit")
-    return _output(kept, seen, limits, None)
-
-
-def _read_pipes(proc: subprocess.Popen, kept: dict[int, bytearray], limits: Limits, deadline: float,
-                cgroups: _Cgroups, cancel, stopped) -> tuple[int, str | None]:
-    """(bytes read in all, the killed_reason of a kill, or None when the pipes closed or were
-    given up) once reading ends; the first output_bytes read are added to kept."""
-    seen = 0
-    exited_at = None
-    with selectors.DefaultSelector() as selector:
-        for fd in kept:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            now = time.monotonic()
-            reason = _stop_reason(now, deadline, cancel, stopped if exited_at is None else None)
-            if reason is not None:
-                _kill(proc, cgroups)
-                return seen, reason
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-                _kill(proc, cgroups)  # leftovers holding the pipes open
-            elif exited_at is not None and now - exited_at > _EXIT_GRACE_SECONDS:
-                break  # an escaped descendant still holds a pipe: stop listening to it
-            for key, _ in selector.select(timeout=min(deadline - now, _POLL_SECONDS)):
-                chunk = os.read(key.fd, _READ_CHUNK)
-                if not chunk:
-                    selector.unregister(key.fd)
-                    continue
-                room = limits.output_bytes - sum(len(b) for b in kept.values())
-                kept[key.fd] += chunk[:max(room, 0)]
-                seen += len(chunk)
-                if seen > OUTPUT_KILL_FACTOR * limits.output_bytes:
-                    _kill(proc, cgroups)
-                    return seen, "output limit"
-    return seen, None
-
-
 def _stop_reason(now: float, deadline: float, cancel, stopped) -> str | None:
     """The killed_reason for which the run must end now (the wall clock, the grader's cancel,
     the worker found stopped), or None. stopped is None once the worker has exited."""
@@ -655,44 +922,6 @@ def _stop_reason(now: float, deadline: float, cancel, stopped) -> str | None:
     if stopped is not None and stopped():
         return WORKER_STOPPED
     return None
-
-
-def _worker_stopped(pid: int, depth: int) -> bool:
-    """Whether pid, or one of its only children down to ``depth`` levels (the worker), is
-    stopped. The worker's own children (the units) are not looked at: a unit may stop itself."""
-    for level in range(depth + 1):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    return True
-            if level == depth:
-                return False
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                children = f.read().split()
-        except (OSError, IndexError):
-            return False  # ended meanwhile
-        if len(children) != 1:
-            return False  # not started yet, or ending
-        pid = int(children[0])
-    return False
-
-
-def _output(kept: dict[int, bytearray], seen: int, limits: Limits, reason: str | None):
-    stdout, stderr = kept.values()
-    return bytes(stdout), bytes(stderr), seen > limits.output_bytes, reason
-
-
-def _kill(proc: subprocess.Popen, cgroups: _Cgroups) -> None:
-    """SIGKILL the worker's process group and every task in its cgroups.
-
-    Under bwrap the group holds bwrap itself; its death kills the sandbox's pid 1
-    (--die-with-parent) and with it the whole pid namespace.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-    cgroups.kill_all()
 
 
 def _reason_from_status(returncode: int, cgroups: _Cgroups) -> str | None:
@@ -706,19 +935,3 @@ def _reason_from_status(returncode: int, cgroups: _Cgroups) -> str | None:
     return None
 
 
-def _worker_returncode(bwrap_returncode: int, status_fd: int) -> int:
-    """The worker's own return code, as the reaper reported it on ``status_fd``.
-
-    Falls back to decoding bwrap's exit code (128 + N for signal N) when the reaper did not
-    report, e.g. because the whole sandbox was killed.
-    """
-    os.set_blocking(status_fd, False)
-    try:
-        report = os.read(status_fd, 64)
-    except BlockingIOError:
-        report = b""
-    if report.strip().isdigit():
-        return os.waitstatus_to_exitcode(int(report))
-    if bwrap_returncode > 128:
-        return -(bwrap_returncode - 128)
-    return bwrap_returncode

@@ -23,12 +23,18 @@ def read_source() -> str:
 
 def graded_units(source: str | None = None) -> dict[str, tuple[str, ...]]:
     """GRADED_UNITS of the source, read without importing it: unit -> definition names."""
-    tree = ast.parse(read_source() if source is None else source)
-    for node in tree.body:
+    return dict(_graded_units(read_source() if source is None else source))
+
+
+# Parsing the reference is most of what assembling a job costs: each parse is kept, keyed
+# by the source text itself, so that an edited reference is parsed again.
+@functools.lru_cache(maxsize=4)
+def _graded_units(source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "GRADED_UNITS" for t in node.targets
         ):
-            return ast.literal_eval(node.value)
+            return tuple(ast.literal_eval(node.value).items())
     raise ValueError(f"{SOLUTION_FILE} defines no GRADED_UNITS")
 
 
@@ -67,11 +73,16 @@ def unit_source(unit: str, source: str | None = None) -> str:
 
 def graded_methods(class_name: str, source: str | None = None) -> list[str]:
     """The methods of a graded class that hold solution lines (a student writes them)."""
-    source = read_source() if source is None else source
+    return list(_graded_methods(class_name, read_source() if source is None else source))
+
+
+@functools.lru_cache(maxsize=32)
+def _graded_methods(class_name: str, source: str) -> tuple[str, ...]:
+    lines = source.splitlines()
     for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            return [f.name for f in node.body if isinstance(f, ast.FunctionDef)
-                    and BEGIN_SOLUTION in ast.get_source_segment(source, f)]
+            return tuple(f.name for f in node.body if isinstance(f, ast.FunctionDef)
+                         and BEGIN_SOLUTION in "\n".join(lines[f.lineno - 1:f.end_lineno]))
     raise KeyError(class_name)
 
 
