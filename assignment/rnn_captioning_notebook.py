@@ -41,9 +41,16 @@
 #   `F.scaled_dot_product_attention`, or any other built-in recurrent cell, attention or
 #   transformer (`torch.ops.aten...`, `torch.ao.nn...`): the point is to write them. Write
 #   `rnn_step_backward` and `rnn_backward` by hand: autograd is switched off while they run.
+#   The four vanilla RNN cells (`rnn_step_forward`, `rnn_step_backward`, `rnn_forward`,
+#   `rnn_backward`) also run inside those backward passes, where autograd is off for the
+#   running thread only, so they may not start threads (`threading`, `_thread`,
+#   `concurrent.futures`, nor anything that starts one, such as `asyncio.to_thread`): a cell
+#   that does loses its own unit's points (the reason names it), and the backward passes are
+#   graded with the grader's version of it.
 #   Graded cells also may not use what only serves to get around the grader: `torch._C`,
-#   `torch.ops`, `torch.library`, `gc`, `inspect`, `ctypes`, `importlib`, `eval`, `exec`,
-#   `subprocess`, or changing `torch` itself (`torch.allclose = ...`). The grader checks
+#   `torch.ops`, `torch.library`, `gc`, `inspect`, `ctypes`, `importlib` (or `pkgutil`,
+#   `_imp`), `eval`, `exec`, `subprocess`, or changing `torch` itself (`torch.allclose =
+#   ...`). The grader checks
 #   every graded cell (mentions in comments, docstrings and strings do not count) and runs
 #   your code with those built-ins switched off; a unit that uses one scores zero.
 #   Everything else in `torch` may be used, `torch.nn.functional` included (`F.embedding`,

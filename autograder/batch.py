@@ -27,7 +27,6 @@ read (grader_results/nbgrader_input/, see autograder/nbgrader_autograde.py). `nb
 autograde` then copies the stored results into the gradebook without grading again.
 """
 
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -40,7 +39,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from autograder import (ASSIGNMENT, NOTEBOOK_NAME, REPO_ROOT, checks, grade, sandbox, submission_sandbox,
-                        write_atomically)
+                        write_atomically, write_csv)
 from autograder.submission import SubmissionError, find_notebook, read_solution_cells
 
 NOTEBOOK = NOTEBOOK_NAME
@@ -542,16 +541,14 @@ def write_class_csv(path: Path, outcomes: dict[str, grade.GradeResult]) -> None:
     every test's points, the sandbox mode, and the notes (what was graded, or why not)."""
     points = checks.load_points()
     columns = [f"{unit}.{test}" for unit, tests in points.items() for test in tests]
-    with write_atomically(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["student", "status", "score", "max_score", *columns, "sandbox", "notes"])
-        for student in sorted(outcomes):
-            outcome = outcomes[student]
-            if outcome.status != "graded":  # NOT GRADED or MISSING: no score
-                writer.writerow([student, outcome.status, "", outcome.max_score, *[""] * len(columns),
-                                 outcome.mode, not_graded_reason(outcome)])
-            else:
-                by_test = {f"{t.unit}.{t.test}": t.score for t in outcome.tests}
-                writer.writerow([student, "graded", outcome.score, outcome.max_score,
-                                 *[by_test.get(c, "") for c in columns], outcome.mode,
-                                 "; ".join(outcome.notes)])
+    rows = []
+    for student in sorted(outcomes):
+        outcome = outcomes[student]
+        if outcome.status != "graded":  # NOT GRADED or MISSING: no score
+            rows.append([student, outcome.status, "", outcome.max_score, *[""] * len(columns),
+                         outcome.mode, not_graded_reason(outcome)])
+        else:
+            by_test = {f"{t.unit}.{t.test}": t.score for t in outcome.tests}
+            rows.append([student, "graded", outcome.score, outcome.max_score,
+                         *[by_test.get(c, "") for c in columns], outcome.mode, "; ".join(outcome.notes)])
+    write_csv(path, ["student", "status", "score", "max_score", *columns, "sandbox", "notes"], rows)

@@ -1,5 +1,5 @@
 """Keeping PyTorch's built-in recurrent and attention code, and autograd where a backward pass
-must be written by hand, out of graded code.
+must be written by hand (and threads, which would bring it back), out of graded code.
 
 Students write their own RNN, LSTM and attention; torch's (``nn.LSTM``, ``nn.GRUCell``,
 ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, the aten kernels behind them,
@@ -19,8 +19,10 @@ Two checks, which share one notion of what is forbidden (``forbidden_name``):
   forbidden ``nn.Module`` classes and pure-Python implementations disabled in place (their code
   objects replaced, so every reference to them raises); the Python names of the operators
   replaced. ``refuse_autograd(unit)`` does the same for autograd in a hand-written backward
-  unit. ``violations()`` lists what was attempted, even when the student caught the error: the
-  grader zeroes the unit when it is not empty.
+  unit, and ``refuse_threads(unit)`` for new threads in the units of THREADLESS_CELLS (grad
+  mode is per thread: a new one starts with autograd on). ``violations()`` lists what was
+  attempted, even when the student caught the error: the grader zeroes the unit when it is
+  not empty.
 
 In the worker::
 
@@ -28,6 +30,7 @@ In the worker::
     # in each unit's forked process, before any submitted code:
     forbidden.block_for_good(report_fd=None)   # optional fd: each attempt written at once
     forbidden.refuse_autograd(unit)            # only for HAND_WRITTEN_BACKWARD units
+    forbidden.refuse_threads(unit)             # only for THREADLESS_CELLS units
     ...                                        # the unit's code and tests
     forbidden.violations()                     # not empty: the unit scores 0
 
@@ -81,6 +84,18 @@ HAND_WRITTEN_BACKWARD = {
     "rnn_step_backward": ("rnn_step_forward", "rnn_step_backward"),
     "rnn_backward": ("rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward"),
 }
+# The cells whose code runs in the process of a hand-written backward pass. Autograd is off
+# there for the main thread only (grad mode is per thread), so none of them may start a
+# thread: in their own units too, so that the cell that starts one loses its own points
+# (and the backward passes, judged again with the grader's forward, keep theirs).
+THREADLESS_CELLS = tuple(dict.fromkeys(c for cells in HAND_WRITTEN_BACKWARD.values() for c in cells))
+
+
+def threads_refused(cell: str, route: str = "") -> str:
+    """The thread rule, as a student reads it wherever it is enforced (the static screen, with
+    the module used as route, and the runtime refusal)."""
+    return (f"threads are not allowed in {cell}{f' ({route})' if route else ''}: its code runs inside "
+            "the backward passes you write by hand, where autograd is off, and a new thread would have it on")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -143,6 +158,7 @@ def forbidden_aten_ops() -> tuple[str, ...]:
 _VIOLATIONS: list[str] = []
 _REPORT = {"fd": None}
 _write = os.write  # bound now: student code replacing os.write changes nothing here
+_getframe = sys._getframe
 _append = _VIOLATIONS.append
 
 
@@ -699,6 +715,44 @@ def _keep_grad_mode_off(unit: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# refuse_threads
+# ---------------------------------------------------------------------------------------
+
+# Every Python thread is born in one of these (threading.Thread, concurrent.futures'
+# executors, multiprocessing's thread pools, asyncio.to_thread, logging's QueueListener...
+# all end there); threading keeps its own references to them.
+_THREAD_STARTERS = (("_thread", ("start_new_thread", "start_new", "start_joinable_thread")),
+                    ("threading", ("_start_new_thread", "_start_joinable_thread")))
+
+
+def refuse_threads(unit: str = "this unit", cells=THREADLESS_CELLS, report_fd: int | None = None) -> None:
+    """In the process of a unit whose code runs in a hand-written backward pass's, before any
+    student code: starting a thread, by any Python route, raises ForbiddenModuleError
+    (threads_refused of the cell whose code started it: the innermost of cells on the stack,
+    else unit) and is recorded in violations(). Never undone. os.fork and signal handlers
+    stay: a forked child and a handler run with the caller's grad mode, off."""
+    if report_fd is not None:
+        _REPORT["fd"] = report_fd
+    files = {f"<{cell}>": cell for cell in cells}  # worker.py compiles each cell as <name>
+
+    def refused(*args, **kwargs):
+        frame, cell = _getframe(1), unit
+        while frame is not None:
+            if frame.f_code.co_filename in files:
+                cell = files[frame.f_code.co_filename]
+                break
+            frame = frame.f_back
+        _record(threads_refused(cell))
+        raise ForbiddenModuleError(threads_refused(cell))
+    refused.__name__ = refused.__qualname__ = "refused"
+    for module_name, names in _THREAD_STARTERS:
+        module = importlib.import_module(module_name)
+        for name in names:
+            if hasattr(module, name):
+                setattr(module, name, refused)
+
+
+# ---------------------------------------------------------------------------------------
 # The static check
 # ---------------------------------------------------------------------------------------
 
@@ -712,6 +766,13 @@ _DISMANTLING_MODULES = {
     "ctypes": "it can rewrite the interpreter's memory",
     "importlib": "it loads or reloads modules behind the grader's back",
     "imp": "it loads or reloads modules behind the grader's back",
+    # importlib's own machinery, and what reaches its loaders: each can make a fresh copy of
+    # a module the grader changed (_thread's thread starters, say).
+    "_imp": "it loads or reloads modules behind the grader's back",
+    "_frozen_importlib": "it loads or reloads modules behind the grader's back",
+    "_frozen_importlib_external": "it loads or reloads modules behind the grader's back",
+    "pkgutil": "it loads or reloads modules behind the grader's back",
+    "zipimport": "it loads or reloads modules behind the grader's back",
     "runpy": "it runs code the grader cannot read",
     "code": "it runs code the grader cannot read",
     "codeop": "it compiles code the grader cannot read",
@@ -761,7 +822,8 @@ _AUTOGRAD_PATHS = ("torch.autograd", "torch.enable_grad", "torch.set_grad_enable
                    "functorch", "torch.Tensor.backward")
 _AUTOGRAD_ATTRIBUTES = frozenset({"backward", "requires_grad", "requires_grad_", "grad_fn", "grad",
                                   "retain_grad", "register_hook", "next_functions"})
-_AUTOGRAD_MODULES = ("threading", "_thread", "concurrent")  # a new thread starts with grad mode on
+# In THREADLESS_CELLS: a new thread starts with grad mode on (refuse_threads at run time).
+_THREAD_MODULES = ("threading", "_thread", "concurrent")
 
 _MAX_PARTS = 40  # attribute chains longer than this are not resolved
 
@@ -891,9 +953,14 @@ def _judge_autograd_path(path: str) -> str | None:
     for prefix in _AUTOGRAD_PATHS:
         if path == prefix or path.startswith(prefix + "."):
             return prefix
-    if path.split(".")[0] in _AUTOGRAD_MODULES:
-        return path.split(".")[0]
     return None
+
+
+def _thread_uses(cell: _Cell, uses: list[tuple[ast.AST, str]]) -> list[tuple[ast.AST, str]]:
+    """(node, text) of each use of a thread module in a cell of THREADLESS_CELLS: the cell's
+    own finding, whichever unit's process its code would run in."""
+    return [(node, threads_refused(cell.name, root)) for node, path in uses
+            if (root := path.split(".")[0]) in _THREAD_MODULES]
 
 
 def _import_aliases(node) -> tuple[list[tuple[str, str]], list[str]]:
@@ -1077,6 +1144,7 @@ def _cell_findings(cell: _Cell, resolver: _Resolver,
              and path.split(".")[0] in _LIBRARY_ROOTS and not path.startswith("torch.backends.")]
     found += [(node, why) for node, path in uses if (why := _judge_path(path))]
     found += _dismantling_uses(cell, resolver)
+    found += _thread_uses(cell, uses) if cell.name in THREADLESS_CELLS else []
     autograd_found = _autograd_uses(cell, uses, paths) if autograd else []
     return ([(getattr(node, "lineno", 0) or 0, text) for node, text in found],
             [(getattr(node, "lineno", 0) or 0, text) for node, text in autograd_found])
@@ -1094,7 +1162,8 @@ def find_forbidden_in_cells(cells: dict[str, str], preamble_imports: str = "") -
     a cell's own definitions (class LSTM) shadow another cell's aliases. A cell that cannot be
     parsed gets one finding saying so. Mentions in strings, docstrings and comments are not
     uses. For the units in HAND_WRITTEN_BACKWARD, uses of autograd in the cells whose code
-    runs in their process are findings too.
+    runs in their process are findings too; a thread module in one of those cells
+    (THREADLESS_CELLS) is a finding of that cell alone.
     """
     preamble = _Cell("<preamble>", preamble_imports or "")
     parsed = {name: _Cell(name, source if isinstance(source, str) else "") for name, source in cells.items()}

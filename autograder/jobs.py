@@ -65,7 +65,7 @@ def job_blob(group: Group, units, cells: dict[str, str], tests, device: str, run
         description["units"].append({
             "unit": unit, "code": unit_code(unit, group.served, cells, runnable, preamble),
             "tests": [{"test": t.name, "cases": len(t.cases), "shared": t.shared} for t in unit_tests],
-            "no_autograd": unit in forbidden.HAND_WRITTEN_BACKWARD})
+            "no_autograd": unit in forbidden.HAND_WRITTEN_BACKWARD, "no_threads": unit in forbidden.THREADLESS_CELLS})
         inputs[unit] = {wire.case_key(t.name, index, name): value.numpy()
                         for t in unit_tests for index, case in enumerate(t.cases)
                         for name, value in case.inputs.items()}

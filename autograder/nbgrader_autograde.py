@@ -45,7 +45,7 @@ from pathlib import Path
 import nbformat
 from traitlets import Bool, Unicode
 
-from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, SOURCE_NOTEBOOK, write_atomically
+from autograder import ASSIGNMENT, DATA_FILE, NOTEBOOK_NAME, SOURCE_NOTEBOOK, write_csv
 from autograder.reports import not_graded_text, unit_feedback
 from autograder.submission import (SubmissionError, cell_grade_id, read_notebook,
                                    select_solution_cells)
@@ -163,37 +163,45 @@ class KitRecordStatus(NbGraderPreprocessor):
 
 
 class KitCsvExport(CsvExportPlugin):
-    """nbgrader's grades.csv, plus a last column `status`: "graded", "no submission", or
-    "not graded" (a score still missing: NOT GRADED by the kit, or waiting for a manual
-    grade), whose raw_score and score are left empty rather than counted as 0."""
+    """nbgrader's grades.csv (its columns and scores), plus a last column `status`:
+    "graded", "no submission", or "not graded" (a score still missing: NOT GRADED by the
+    kit, or waiting for a manual grade), whose raw_score and score are left empty rather
+    than counted as 0. Written by the kit's one CSV writer (write_csv): nbgrader's own
+    writes cells unquoted (a comma in a student id shifts the columns) and unneutralised
+    (a student id, the folder's name, which the student often chooses, could run as a
+    spreadsheet formula)."""
+
+    FIELDS = ("assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email",
+              "raw_score", "late_submission_penalty", "score", "max_score", "status")
 
     def export(self, gradebook) -> None:
-        import csv
+        wanted_students = {str(s) for s in self.student}
+        wanted_assignments = {str(a) for a in self.assignment}
+        rows = [self._row(gradebook, assignment, student)
+                for assignment in gradebook.assignments
+                if not wanted_assignments or assignment.name in wanted_assignments
+                for student in gradebook.students if not wanted_students or student.id in wanted_students]
+        write_csv(self.to or "grades.csv", self.FIELDS, rows)
 
+    @staticmethod
+    def _row(gradebook, assignment, student) -> list:
+        """One student's row, as nbgrader's CsvExportPlugin computes it, and the status."""
         from nbgrader.api import MissingEntry
 
-        super().export(gradebook)
-        dest = self.to or "grades.csv"
-        with open(dest, newline="") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            try:
-                submission = gradebook.find_submission(row["assignment"], row["student_id"])
-            except MissingEntry:
-                row["status"] = "no submission"
-                continue
+        row = {"assignment": assignment.name, "duedate": assignment.duedate, "student_id": student.id,
+               "last_name": student.last_name, "first_name": student.first_name, "email": student.email,
+               "max_score": assignment.max_score}
+        try:
+            submission = gradebook.find_submission(assignment.name, student.id)
+        except MissingEntry:
+            row.update(timestamp="", raw_score=0.0, late_submission_penalty=0.0, score=0.0, status="no submission")
+        else:
+            penalty = submission.late_submission_penalty
+            row.update(timestamp=submission.timestamp, raw_score=submission.score, late_submission_penalty=penalty,
+                       score=max(0.0, submission.score - penalty), status="graded")
             if submission.needs_manual_grade:
-                row["status"] = NOT_GRADED
-                row["raw_score"] = row["score"] = ""
-            else:
-                row["status"] = "graded"
-        fields = (list(rows[0]) if rows else
-                  ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name",
-                   "email", "raw_score", "late_submission_penalty", "score", "max_score", "status"])
-        with write_atomically(dest, newline="") as f:
-            writer = csv.DictWriter(f, fields, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+                row.update(raw_score="", score="", status=NOT_GRADED)
+        return ["" if row[field] is None else row[field] for field in KitCsvExport.FIELDS]
 
 
 # ---------------------------------------------------------------------------------------

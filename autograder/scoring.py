@@ -98,7 +98,7 @@ def _lost_reason(unit: str, report: UnitReport, budget: StudentText) -> str:
 
 def score_unit(unit: str, tests, report: UnitReport, budget: StudentText) -> list[TestResult]:
     if report.violations:
-        why = "uses a built-in the assignment forbids: " + budget("; ".join(report.violations))
+        why = "uses what the assignment forbids: " + budget("; ".join(report.violations))
         return [TestResult(unit, t.name, 0, t.points, why) for t in tests if t.unit == unit]
     results = []
     for test in (t for t in tests if t.unit == unit):

@@ -35,7 +35,6 @@ the report is HTML-escaped.
 import ast
 import bisect
 import builtins
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -52,6 +51,7 @@ import tokenize
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from autograder import write_csv
 from autograder.submission import SubmissionError, cell_grade_id, cell_source, read_notebook, read_solution_cells
 from solution import source as reference
 
@@ -606,30 +606,13 @@ def read_class(course_dir: Path) -> list[Student]:
         return list(pool.map(read_student, *zip(*jobs), chunksize=max(1, STUDENTS_PER_PROCESS // 4)))
 
 
-def csv_safe(value) -> str:
-    """value as a CSV cell that a spreadsheet will not run as a formula (a student chooses
-    the folder names and the corpus file names)."""
-    text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def write_rows(path: Path, header: list[str], rows) -> None:
-    """A CSV file, written whole (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([csv_safe(cell) for cell in row] for row in rows)
-    os.replace(tmp, path)
-
-
 def write_pairs_csv(path: Path, pairs: list[Pair], students: list[Student]) -> None:
     """A row per pair of students, most similar first (similarities 0..1), then a row per
     submission that was not compared, saying why."""
     rows = [[rank, p.a, p.b, f"{p.overall:.3f}", *(f"{p.units[u]:.3f}" for u in UNITS), ""]
             for rank, p in enumerate(pairs, 1)]
     rows += [["", s.name, "", "", *[""] * len(UNITS), s.problem] for s in students if s.problem]
-    write_rows(path, ["rank", "student_a", "student_b", "similarity", *UNITS, "note"], rows)
+    write_csv(path, ["rank", "student_a", "student_b", "similarity", *UNITS, "note"], rows)
 
 
 def write_matches_csv(path: Path, matches: list[Match], problems: list[str]) -> None:
@@ -637,7 +620,7 @@ def write_matches_csv(path: Path, matches: list[Match], problems: list[str]) -> 
     rows = [[m.student, m.source, f"{m.overall:.3f}", *(f"{m.units[u]:.3f}" for u in UNITS), ""]
             for m in matches]
     rows += [["", "", "", *[""] * len(UNITS), problem] for problem in problems]
-    write_rows(path, ["student", "public_solution", "share_found", *UNITS, "note"], rows)
+    write_csv(path, ["student", "public_solution", "share_found", *UNITS, "note"], rows)
 
 
 # ---------------------------------------------------------------------------------------

@@ -111,6 +111,8 @@ def run_unit(unit: dict, inputs, job: dict, output_fd: int) -> None:
     forbidden.block_for_good()
     if unit.get("no_autograd"):
         forbidden.refuse_autograd(unit["unit"])
+    if unit.get("no_threads"):
+        forbidden.refuse_threads(unit["unit"])
     try:
         namespace = load_namespace(unit["code"])
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: nothing ran

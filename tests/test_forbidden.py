@@ -271,3 +271,37 @@ def test_a_cell_that_cannot_be_parsed_says_so():
 def test_find_forbidden_reads_one_source_alone():
     assert find_forbidden("import torch\nlayer = torch.nn.LSTM(3, 4)\n") == [
         "line 2: torch.nn.LSTM is not allowed in this assignment (write your own)"]
+
+
+def test_a_thread_module_in_a_cell_run_by_a_backward_pass_is_that_cells_own_finding():
+    """Issue 22 item 2: a thread in rnn_step_forward was charged to both backward passes, as
+    autograd; it is rnn_step_forward's, in words about threads, and no other unit's."""
+    uses = {"threading": "import threading\nthreading.Thread(target=print).start()\n",
+            "_thread": "import _thread\n_thread.start_new_thread(print, ())\n",
+            "concurrent": "from concurrent.futures import ThreadPoolExecutor\nThreadPoolExecutor(1)\n"}
+    for route, code in uses.items():
+        for cell in ("rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward"):
+            cells = {u: "x = 1\n" for u in reference.graded_units()} | {cell: code}
+            result = find_forbidden_in_cells(cells, PREAMBLE)
+            assert {u for u, found in result.items() if found} == {cell}, (route, cell, result)
+            assert result[cell] and all(f"threads are not allowed in {cell} ({route})" in f for f in result[cell])
+            assert not any("without autograd" in f for f in result[cell]), result[cell]
+        # Other units do not run inside a hand-written backward pass: no rule on threads there.
+        assert find_forbidden_in_cells({"LSTM": code}, PREAMBLE)["LSTM"] == []
+
+
+def test_the_threadless_cells_are_those_whose_code_runs_with_a_backward_pass():
+    # forbidden.py is copied into the sandbox alone: its table must agree with the grader's.
+    from autograder.submission_sandbox import STUDENT_COLLABORATORS
+    assert {u: set(cells) for u, cells in forbidden.HAND_WRITTEN_BACKWARD.items()} == \
+        {u: {*STUDENT_COLLABORATORS[u], u} for u in forbidden.HAND_WRITTEN_BACKWARD}
+    assert set(forbidden.THREADLESS_CELLS) == {"rnn_step_forward", "rnn_step_backward", "rnn_forward",
+                                               "rnn_backward"}
+
+
+@pytest.mark.parametrize("module", ["_imp", "_frozen_importlib", "_frozen_importlib_external", "pkgutil",
+                                    "zipimport"])
+def test_the_routes_to_a_fresh_copy_of_a_module_are_findings(module):
+    # Each can build a new _thread, whose thread starters refuse_threads never saw.
+    assert findings(f"import {module}\n") == [f"line 1: {module} is not allowed in graded code: it loads or "
+                                               "reloads modules behind the grader's back"]

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from autograder import forbidden
 from conftest import REPO_ROOT
 
 # Each attack is a function of no argument computing with a forbidden built-in on small valid
@@ -355,3 +356,126 @@ def test_modules_imported_after_the_block_are_blocked_too(entry_points):
     assert late["full"] == {"class": "forbidden", "function": "forbidden", "allowed": "ran"}
     # Without nn.Module.__init__'s check and the import hook, the late module is intact.
     assert late["no import hooks"] == {"class": "ran", "function": "ran", "allowed": "ran"}
+
+
+# ---------------------------------------------------------------------------------------
+# refuse_threads: every Python route to a new thread (issue 22 item 2)
+# ---------------------------------------------------------------------------------------
+
+THREAD_PROBE = PREAMBLE + r'''
+import asyncio, concurrent.futures, json, logging.handlers, multiprocessing.pool, os, queue, signal, threading
+import _imp, _thread
+from autograder import forbidden
+
+seen = []  # grad mode in each thread that ran
+
+
+def probe():
+    seen.append(torch.is_grad_enabled())
+
+
+def executor():
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(probe).result()
+
+
+def listener():
+    handler = type("H", (), {"handle": lambda self, record: probe(), "level": 0})()
+    q = queue.SimpleQueue()
+    listening = logging.handlers.QueueListener(q, handler)
+    listening.start()
+    q.put(logging.makeLogRecord({}))
+    listening.stop()
+
+
+def start_new_thread():
+    done = _thread.allocate_lock()
+    done.acquire()
+    _thread.start_new_thread(lambda: (probe(), done.release()), ())
+    done.acquire()
+
+
+ROUTES = {
+    "threading.Thread": lambda: (lambda t: (t.start(), t.join()))(threading.Thread(target=probe)),
+    "threading.Timer": lambda: (lambda t: (t.start(), t.join()))(threading.Timer(0, probe)),
+    "_thread.start_new_thread": start_new_thread,
+    "ThreadPoolExecutor": executor,
+    "multiprocessing ThreadPool": lambda: multiprocessing.pool.ThreadPool(1).apply(probe),
+    "asyncio.to_thread": lambda: asyncio.run(asyncio.to_thread(probe)),
+    "logging QueueListener": listener,
+}
+# What the rule leaves alone: each runs in the calling thread, or is a copy of it.
+def forked():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not torch.is_grad_enabled() else 3)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def handled():
+    signal.signal(signal.SIGUSR1, lambda *_: probe())
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+
+LEFT_ALONE = {"os.fork": forked, "signal handler": handled,
+              "torch.jit.fork": lambda: torch.jit.wait(torch.jit.fork(probe))}
+
+
+def attempt(route):
+    before = len(seen)
+    try:
+        result = route()
+        return ["ran", seen[before:], result]
+    except forbidden.ForbiddenModuleError as exc:
+        return ["refused", seen[before:], str(exc)]
+
+
+x = torch.ones(2, requires_grad=True)
+(x * 2).sum().backward()
+forbidden.prepare()
+forbidden.block_for_good()
+forbidden.refuse_autograd("rnn_step_backward")
+autograd_only = {name: attempt(route) for name, route in ROUTES.items()}
+forbidden.refuse_threads("rnn_step_backward")
+refused = {name: attempt(route) for name, route in {**ROUTES, **LEFT_ALONE}.items()}
+# The cell named is the innermost cell on the stack that started the thread.
+cell = {}
+starting = "def start():\n    threading.Thread(target=probe).start()\n"
+exec(compile(starting, "<rnn_step_forward>", "exec"), globals(), cell)
+exec(compile("def backward():\n    start()\n", "<rnn_step_backward>", "exec"), {"start": cell["start"]}, cell)
+named = attempt(cell["backward"])
+fresh = _imp.create_builtin(type("Spec", (), {"name": "_thread"})())
+print(json.dumps({"autograd_only": autograd_only, "refused": refused, "named": named,
+                  "violations": forbidden.violations(), "threads": threading.active_count(),
+                  "fresh_copy_is_unrefused": fresh.start_new_thread is not _thread.start_new_thread}))
+'''
+
+
+@pytest.fixture(scope="module")
+def threads():
+    return run_python(THREAD_PROBE)
+
+
+def test_a_thread_has_autograd_on_where_the_main_thread_has_it_refused(threads):
+    # The concern is real: with autograd refused, every route starts a thread, grad mode on.
+    assert {name: outcome[:2] for name, outcome in threads["autograd_only"].items()} == \
+        {name: ["ran", [True]] for name in threads["autograd_only"]}
+
+
+def test_every_route_to_a_thread_is_refused_and_recorded_in_words_about_threads(threads):
+    rule = forbidden.threads_refused("rnn_step_backward")
+    for name in threads["autograd_only"]:
+        assert threads["refused"][name] == ["refused", [], rule], name
+    assert threads["named"] == ["refused", [], forbidden.threads_refused("rnn_step_forward")]
+    assert threads["violations"] == [rule, forbidden.threads_refused("rnn_step_forward")]
+    assert threads["threads"] == 1  # none started
+
+
+def test_fork_signal_handlers_and_torch_jit_fork_are_left_alone_they_keep_autograd_off(threads):
+    assert threads["refused"]["os.fork"] == ["ran", [], 0]  # the child saw grad mode off
+    assert threads["refused"]["signal handler"][:2] == ["ran", [False]]
+    assert threads["refused"]["torch.jit.fork"][:2] == ["ran", [False]]
+
+
+def test_a_fresh_copy_of_thread_escapes_the_refusal_which_is_why_the_screen_forbids_its_routes(threads):
+    assert threads["fresh_copy_is_unrefused"]
