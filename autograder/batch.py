@@ -309,6 +309,8 @@ _state = {}
 def _init_process(data: str, device: str, allow_unsandboxed: bool, threads: int) -> None:
     import torch
 
+    sandbox.start_zygote()  # this process's warm worker: it warms up while the data loads
+
     # JOBS processes each with a thread per core would oversubscribe the CPUs, and OpenMP's
     # spinning threads then slow everything down (JOBS=2 was slower than JOBS=1 here).
     torch.set_num_threads(threads)

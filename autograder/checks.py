@@ -279,24 +279,39 @@ def numeric_gradients(numeric: graded_tests.Numeric, inputs: dict) -> dict[str, 
     return grads
 
 
-def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture) -> HiddenTest:
-    """One test of points.toml: its hidden cases, with the reference's outputs on them."""
+def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture,
+               expected: bool = True) -> HiddenTest:
+    """One test of points.toml: its hidden cases, with the reference's outputs on them
+    (without them when expected is False: add_expected computes them later)."""
     drawn, shared = declared.cases(Draw(test_seed(seed, declared.unit, declared.name)), fixture)
-    cases = []
-    for label, inputs in drawn:
-        with _encoder_passes_features():
-            expected = declared.run(reference_namespace(), inputs, shared)
-        case = Case(label, inputs, {k: v.detach() for k, v in expected.items()})
-        if declared.numeric is not None:
-            case.numeric = numeric_gradients(declared.numeric, inputs)
-        cases.append(case)
-    return HiddenTest(declared.unit, declared.name, points, cases, shared, declared.tolerance)
+    test = HiddenTest(declared.unit, declared.name, points, [Case(label, inputs) for label, inputs in drawn],
+                      shared, declared.tolerance)
+    if expected:
+        add_expected([test])
+    return test
 
 
-def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[HiddenTest]:
-    """Every test of points.toml, in its order, with its hidden cases and the reference's outputs."""
+def add_expected(tests: list[HiddenTest]) -> None:
+    """The reference's outputs (and centred differences, for a hand-written backward) on
+    every case of tests that has none yet."""
+    for test in tests:
+        declared = graded_tests.GRADED_TESTS[(test.unit, test.name)]
+        for case in test.cases:
+            if case.expected:
+                continue
+            with _encoder_passes_features():
+                outputs = declared.run(reference_namespace(), case.inputs, test.shared)
+            case.expected = {k: v.detach() for k, v in outputs.items()}
+            if declared.numeric is not None:
+                case.numeric = numeric_gradients(declared.numeric, case.inputs)
+
+
+def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None,
+                expected: bool = True) -> list[HiddenTest]:
+    """Every test of points.toml, in its order, with its hidden cases and (unless expected
+    is False) the reference's outputs."""
     fixture = fixture or CaptionerFixture(coco)
-    return [build_test(graded_tests.GRADED_TESTS[(unit, name)], points, seed, fixture)
+    return [build_test(graded_tests.GRADED_TESTS[(unit, name)], points, seed, fixture, expected)
             for unit, unit_tests in load_points().items() for name, points in unit_tests.items()]
 
 

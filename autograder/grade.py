@@ -66,10 +66,13 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
         own_exclusions = screen(cells)  # 2. screen
         excluded = {**without_cache(own_exclusions), **own_exclusions}
         tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco,
-                                   fixture or checks.CaptionerFixture(coco))  # 3. draw
+                                   fixture or checks.CaptionerFixture(coco), expected=False)  # 3. draw
         runnable = {u for u in UNITS if u not in excluded}
         run = RunContext(cells, tests, device, allow_unsandboxed)
-        reports, not_graded, diagnostics = run_units(WORKER_GROUPS, runnable, run, started)  # 4. isolate, run
+        # 4. isolate, run; the reference's outputs are computed while the first units run.
+        reports, not_graded, diagnostics = run_units(WORKER_GROUPS, runnable, run, started,
+                                                     meanwhile=lambda: checks.add_expected(tests))
+        checks.add_expected(tests)  # those not computed yet (no unit could run)
     budget = StudentText()  # of the whole submission, both rounds
     results = score(tests, excluded, reports, budget)  # 5. compare, score
     if not not_graded:
@@ -175,7 +178,7 @@ class RunContext:
 
 
 def run_units(groups: tuple[Group, ...], runnable: set[str], run: RunContext,
-              started: SubmissionSandbox | None) -> tuple[dict, str, dict]:
+              started: SubmissionSandbox | None, meanwhile=None) -> tuple[dict, str, dict]:
     """Run the runnable units of groups in the submission's sandbox, group after group:
     ({unit: UnitReport}, why the submission cannot be graded or "", instructor-only
     diagnostics).
@@ -184,7 +187,8 @@ def run_units(groups: tuple[Group, ...], runnable: set[str], run: RunContext,
     unit running when a sandbox died is blamed once it has happened twice (it then gets
     the reason, and the others run without it), at once when it stopped the worker; a
     sandbox that fails twice with no unit to blame (its start, a machine too busy) makes
-    the submission NOT GRADED.
+    the submission NOT GRADED. meanwhile, if given, is called once the first sandbox has its
+    jobs, while it runs them.
     """
     pending = {group: [u for u in group.units if u in runnable] for group in groups}
     reports, deaths, failures, diagnostics = {}, Counter(), 0, {}
@@ -197,6 +201,9 @@ def run_units(groups: tuple[Group, ...], runnable: set[str], run: RunContext,
             for group in needed:
                 box.send(group.name, jobs.job_blob(group, pending[group], run.cells, run.tests, run.device,
                                                    runnable), jobs.service_for(group))
+            if meanwhile is not None:  # the grader's own work, while the sandbox runs
+                meanwhile()
+                meanwhile = None
         started = None
         outcome = box.outcome
         busy = take_reports(outcome, waiting, reports)
