@@ -264,16 +264,27 @@ class Zygote:
                 problem = self.start_problem()
                 if not problem:
                     try:
-                        self._socket.settimeout(ZYGOTE_START_SECONDS)
                         socket.send_fds(self._socket, [json.dumps(request).encode()], fds)
-                        reply = json.loads(self._socket.recv(1 << 16))
+                        reply = self._reply()
                         if reply.get("pid", -1) > 0:
                             return reply["pid"]
                         problem = reply.get("problem") or "the zygote could not fork"
-                    except (OSError, ValueError) as exc:
+                    except (OSError, ValueError, AttributeError) as exc:
                         problem = f"the zygote did not answer ({type(exc).__name__}: {exc})"
                 self._restart()
             raise ZygoteFailed(problem)
+
+    def _reply(self) -> dict:
+        """The zygote's answer to a request: a fork takes milliseconds, so a zygote that
+        stops or dies meanwhile is noticed within a second, not at a time limit."""
+        deadline = time.monotonic() + ZYGOTE_START_SECONDS
+        self._socket.settimeout(1.0)
+        while True:
+            try:
+                return json.loads(self._socket.recv(1 << 16))
+            except socket.timeout:
+                if not self.healthy() or time.monotonic() > deadline:
+                    raise OSError("the zygote stopped or ended without answering") from None
 
     def _restart(self) -> None:
         self.close()
@@ -291,6 +302,17 @@ class Zygote:
 
 _ZYGOTES: dict[tuple, Zygote] = {}
 _ZYGOTES_LOCK = threading.Lock()
+
+
+def _forget_zygotes() -> None:
+    """In a forked copy of this process: its parent's zygotes are not its own (two writers
+    on one socket), and a lock another thread held at the fork would never be released."""
+    global _ZYGOTES_LOCK
+    _ZYGOTES.clear()
+    _ZYGOTES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_zygotes)
 
 
 def start_zygote(python: Path | None = None, preload: tuple[str, ...] = ()) -> Zygote:

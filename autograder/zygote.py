@@ -146,7 +146,10 @@ def keep(request: dict, fds: dict, control: socket.socket) -> None:
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()  # its own session: no terminal, and a process group the grader can kill
         for fd in fds["cgroups"]:
-            os.write(fd, str(os.getpid()).encode())
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            except OSError:
+                pass  # the grader finds it is not a member and reports the cgroup as missing
             os.close(fd)
         for resource_id, soft, hard in request["rlimits"]:
             resource.setrlimit(resource_id, (soft, hard))
