@@ -205,8 +205,8 @@ def test_the_zygote_holds_no_reference_code_no_hidden_inputs_and_no_secret(tmp_p
 
 
 def test_the_scan_finds_the_reference_in_a_process_that_read_it(tmp_path):
-    reader = subprocess.Popen([sys.executable, "-c", "import sys, time; source = open(sys.argv[1]).read(); "
-                               "print('read', flush=True); time.sleep(60)", str(REPO_ROOT / "solution" / "captioning.py")],
+    reader_code = "import sys, time; source = open(sys.argv[1]).read(); print('read', flush=True); time.sleep(60)"
+    reader = subprocess.Popen([sys.executable, "-c", reader_code, str(REPO_ROOT / "solution" / "captioning.py")],
                               stdout=subprocess.PIPE)
     try:
         assert reader.stdout.readline() == b"read\n"
@@ -270,7 +270,8 @@ def test_a_worker_has_no_capability_and_cannot_gain_one():
     result = run("""
         status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
         import json
-        print(json.dumps({k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")}))
+        fields = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")
+        print(json.dumps({k: status[k].strip() for k in fields}))
     """)
     assert result.returncode == 0, result.stderr
     caps = json.loads(result.stdout)
