@@ -13,6 +13,8 @@
     python -m autograder classroom results.json            (GitHub Classroom's payload)
     python -m autograder similarity COURSE_DIR [--reference-corpus DIR] [--out DIR]
                                           (which submissions look alike; see similarity.py)
+    python -m autograder mutants [--unit NAME ...] [--jobs N] [--out DIR] [--no-visible] [--list]
+                                          (how good the hidden tests are; see mutants/run.py)
 
 SUBMISSION is a notebook, or a folder: then the notebook in it is chosen by the rule of
 autograder/submission.py (rnn_captioning.ipynb, else the only notebook; never one in
@@ -56,6 +58,7 @@ def main(argv=None) -> int:
         "classroom", help="print a results.json as GitHub Classroom's reporter payload (base64)")
     classroom_cmd.add_argument("results", type=Path)
     add_similarity_command(commands)
+    add_mutants_command(commands)
     args = parser.parse_args(argv)
     if args.command == "similarity":
         return run_similarity(args)
@@ -106,6 +109,30 @@ def add_similarity_command(commands) -> None:
     similarity_cmd.add_argument("--reference-corpus", type=Path, metavar="DIR",
                                 help="known public solutions (.py, .ipynb) to compare every submission with")
     similarity_cmd.add_argument("--out", type=Path, help="where to write (default COURSE_DIR/similarity/)")
+
+
+def add_mutants_command(commands) -> None:
+    """`mutants [--unit NAME ...]`: mutation analysis of the hidden tests (mutants/run.py)."""
+    from mutants import OUT_DIR
+
+    command = commands.add_parser("mutants", help="mutation analysis of the hidden tests: which plausible bugs "
+                                  "would score full points (an HTML report and CSVs)")
+    command.add_argument("--unit", action="append", default=[], metavar="NAME",
+                         help="only this graded unit's mutants (repeatable)")
+    command.add_argument("--jobs", type=int, default=2, help="mutants graded at once")
+    command.add_argument("--out", type=Path, default=OUT_DIR,
+                         help="where to write (default mutants/out/, git-ignored: it holds the reference's code)")
+    command.add_argument("--no-visible", action="store_true", help="do not run the notebook's visible checks")
+    command.add_argument("--list", action="store_true", help="list the mutants, grade nothing")
+    command.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    command.add_argument("--data", type=Path, default=DATA_FILE)
+    command.set_defaults(run=run_mutants)
+
+
+def run_mutants(args) -> int:
+    from mutants import run
+
+    return run.main(args)
 
 
 NOT_GRADED_EXIT = 3
