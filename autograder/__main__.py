@@ -113,14 +113,13 @@ def add_similarity_command(commands) -> None:
 
 def add_mutants_command(commands) -> None:
     """`mutants [--unit NAME ...]`: mutation analysis of the hidden tests (mutants/run.py)."""
-    from mutants import OUT_DIR
-
     command = commands.add_parser("mutants", help="mutation analysis of the hidden tests: which plausible bugs "
                                   "would score full points (an HTML report and CSVs)")
     command.add_argument("--unit", action="append", default=[], metavar="NAME",
                          help="only this graded unit's mutants (repeatable)")
     command.add_argument("--jobs", type=int, default=2, help="mutants graded at once")
-    command.add_argument("--out", type=Path, default=OUT_DIR,
+    # Not imported here: mutants/ stays with the instructor (Gradescope's zip has no copy of it).
+    command.add_argument("--out", type=Path,
                          help="where to write (default mutants/out/, git-ignored: it holds the reference's code)")
     command.add_argument("--no-visible", action="store_true", help="do not run the notebook's visible checks")
     command.add_argument("--list", action="store_true", help="list the mutants, grade nothing")

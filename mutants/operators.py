@@ -116,7 +116,8 @@ class _Spans:
     def atom(self, node) -> str:
         """node's text, parenthesised when it could bind loosely where it goes."""
         text = self.text(node)
-        return f"({text})" if isinstance(node, _LOOSE) else text
+        negative_number = isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant)
+        return f"({text})" if isinstance(node, _LOOSE) and not negative_number else text
 
     def replace(self, node, new: str) -> Change:
         return self.start(node), self.end(node), new
@@ -237,10 +238,10 @@ def string(node, spans: _Spans, parent) -> Iterator[tuple[str, Change]]:
     if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         return
     if isinstance(parent, ast.Compare):
-        yield "string", spans.replace(node, repr(node.value + "X"))
+        yield "string", spans.replace(node, f'"{node.value}X"')
     elif isinstance(parent, ast.keyword) and parent.arg == "reduction":
         for new in {"sum": ("mean",), "mean": ("sum",)}.get(node.value, ()):
-            yield "reduction", spans.replace(node, repr(new))
+            yield "reduction", spans.replace(node, f'"{new}"')
 
 
 def augmented(node, spans: _Spans) -> Iterator[tuple[str, Change]]:

@@ -203,7 +203,7 @@ def main(args) -> int:
         for mutant in mutants:
             print(f"{mutant.id:<36} {mutant.operator:<20} {mutant.change}")
         return 0
-    out = args.out
+    out = args.out or OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     run = run_mutants(mutants, out=out, jobs=args.jobs, data=args.data, device=args.device,
                       visible=not args.no_visible)
