@@ -13,7 +13,7 @@ SOURCE_NB   := $(COURSE)/source/$(ASSIGNMENT)/$(ASSIGNMENT).ipynb
 # nbgrader runs helper programs (alembic) by name: the venv's bin must come first on PATH.
 NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
-.PHONY: help setup sandbox data notebook release grade autograde merge slurm kubernetes image feedback gradescope similarity bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench-notebook bench lock clean
+.PHONY: help setup sandbox data notebook release grade autograde merge slurm kubernetes image feedback gradescope similarity mutants bench-similarity test test-fast lint bench-train bench-lstm bench-grading bench-load bench-notebook bench lock clean
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
@@ -35,6 +35,8 @@ help:
 	@echo "make feedback     nbgrader feedback (HTML) for every autograded submission"
 	@echo "make similarity   which submissions of $(COURSE)/submitted/ look alike: $(COURSE)/similarity/"
 	@echo "                  similarity.html and .csv, for a person to review (CORPUS=dir of public solutions)"
+	@echo "make mutants      how good the hidden tests are: every mutant of the reference graded"
+	@echo "                  (MUTANT_JOBS=2 at a time; UNITS=\"name ...\"): mutants/out/report.html and CSVs"
 	@echo "make gradescope   the Gradescope autograder zip (dist/; GRADESCOPE_SANDBOX=unsandboxed"
 	@echo "                  where Gradescope's containers cannot run bubblewrap)"
 	@echo "make data         rebuild $(COCO_PT) from COCO_SOURCE=$(COCO_SOURCE)"
@@ -145,6 +147,11 @@ feedback: | $(VENV)/.installed
 
 # Evidence for a person to review, never a verdict: it changes no grade.
 CORPUS ?=
+# Mutation analysis of the hidden tests (mutants/run.py): resumable, like autograde.
+MUTANT_JOBS ?= 2
+mutants: setup
+	$(PY) -m autograder mutants --jobs $(MUTANT_JOBS) $(foreach u,$(UNITS),--unit $(u))
+
 similarity: | $(VENV)/.installed
 	$(PY) -m autograder similarity $(COURSE) $(if $(CORPUS),--reference-corpus "$(CORPUS)")
 

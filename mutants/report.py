@@ -127,11 +127,11 @@ def _needs_review(verdicts) -> str:
     return "".join(parts)
 
 
-def _listing(verdicts, what) -> str:
+def _listing(verdicts, header: str, what) -> str:
     rows = "".join(f"<tr><td><code>{_e(v.mutant.id)}</code></td><td>{_e(v.mutant.operator)}</td>"
                    f"<td><code>{_e(v.mutant.after.strip())}</code></td><td>{_e(what(v))}</td>"
                    f"<td>{_e(visible_text(v))}</td></tr>" for v in verdicts)
-    return f"<table><tr><th>mutant</th><th>operator</th><th>the changed line</th><th></th>" \
+    return f"<table><tr><th>mutant</th><th>operator</th><th>the changed line</th><th>{_e(header)}</th>" \
            f"<th>visible checks</th></tr>{rows}</table>" if verdicts else ""
 
 
@@ -151,10 +151,11 @@ def render_html(run: MutationRun) -> str:
             section.append("<p class=survived>Marked equivalent in mutants/equivalent.toml, yet they lose points: "
                            f"remove the mark: {_e(', '.join(v.mutant.id for v in marked_but_killed))}</p>")
         if killed:
-            section.append(f"<h3>killed ({len(killed)})</h3>" + _listing(killed, lambda v: " ".join(v.killed_by)))
+            section.append(f"<h3>killed ({len(killed)})</h3>"
+                           + _listing(killed, "killed by", lambda v: " ".join(v.killed_by)))
         if equivalent:
             section.append(f"<h3>equivalent ({len(equivalent)})</h3>"
-                           + _listing(equivalent, lambda v: v.equivalent_reason))
+                           + _listing(equivalent, "why it is equivalent", lambda v: v.equivalent_reason))
         sections.append("".join(section))
     stale = "".join(f"<li><code>{_e(m)}</code>: {_e(r)}</li>" for m, r in run.stale_equivalents.items())
     reference = "" if run.reference_score == 100 else \
