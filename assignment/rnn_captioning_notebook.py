@@ -36,7 +36,11 @@
 #   name and loads weights into your model by name.
 # * New tensors take the dtype and device of the inputs (`torch.zeros_like(x)`, or
 #   `x.new_zeros(N, D)`): `torch.zeros(N, D)` is float32 on the CPU, and the grader, which
-#   works in float64, counts a float32 output as wrong. The visible checks say so too.
+#   works in float64, counts a float32 output as wrong. The visible checks say so too. The
+#   grader compares to 1e-10, so a float32 step anywhere inside costs the points as well.
+# * Forward passes must let autograd through (no `.detach()`, `.item()` or `.numpy()` on the
+#   way): the model trains through them, and the grader checks the gradients autograd
+#   computes through your `rnn_step_forward`, `rnn_forward`, `step_forward`s and loss.
 # * Do not use `torch.nn.RNN`, `LSTM`, `GRU`, their `*Cell`s, `nn.MultiheadAttention`,
 #   `F.scaled_dot_product_attention`, or any other built-in recurrent cell, attention or
 #   transformer (`torch.ops.aten...`, `torch.ao.nn...`): the point is to write them. Write

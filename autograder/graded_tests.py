@@ -27,8 +27,9 @@ from typing import Callable
 import torch
 
 # Relative error max|a - b| / max(|a| + |b|), in float64 with TF32 off: correct variants
-# differ from the reference by about 1e-15, a real bug by more than 1e-3.
-OUTPUT_TOLERANCE = 1e-6
+# differ from the reference by about 1e-15, a real bug by more than 1e-3, and a float32 step
+# anywhere (7 digits) by 1e-8 or more: the assignment asks for float64 throughout.
+OUTPUT_TOLERANCE = 1e-10
 NUMERIC_TOLERANCE = 1e-5  # hand-written gradients against centred differences
 NUMERIC_STEP = 1e-6
 
@@ -163,6 +164,18 @@ def _leaves(inputs, names):
     return {n: inputs[n].detach().clone().requires_grad_(True) for n in names}
 
 
+def _with_autograd(outputs: Inputs, upstream: Inputs, named_leaves) -> Inputs:
+    """outputs, and the gradients of sum(outputs[k] * upstream[k]) with respect to
+    named_leaves that autograd computes through the unit, named "autograd_d<leaf>": a forward
+    pass must let gradients through, or the model built on it cannot be trained."""
+    total = sum((outputs[k] * upstream[k]).sum() for k in upstream)
+    if not total.requires_grad:
+        raise ValueError("no gradient flows back through the outputs (detached, or computed outside "
+                         "autograd): a model built on them could not be trained")
+    grads = _grads_of(total, torch.ones_like(total), named_leaves)
+    return {**outputs, **{f"autograd_{name}": grad for name, grad in grads.items()}}
+
+
 # ---------------------------------------------------------------------------------------
 # Vanilla RNN
 # ---------------------------------------------------------------------------------------
@@ -182,10 +195,12 @@ def rnn_inputs(d: Draw, N, T, D, H, upstream=False) -> Inputs:
     return {**inputs, "dh": d.randn(N, T, H)} if upstream else inputs
 
 
-@graded_test("rnn_step_forward", "forward", shapes("N, D, H", [(1, 3, 4), (4, 5, 6), (3, 8, 5)], rnn_step_inputs))
+@graded_test("rnn_step_forward", "forward", shapes("N, D, H", [(1, 3, 4), (4, 5, 6), (3, 8, 5)],
+                                                  lambda d, **n: rnn_step_inputs(d, **n, upstream=True)))
 def rnn_step_forward__forward(ns, inputs, shared):
-    next_h, _ = ns["rnn_step_forward"](inputs["x"], inputs["prev_h"], inputs["Wx"], inputs["Wh"], inputs["b"])
-    return {"next_h": next_h}
+    leaves = _leaves(inputs, ["x", "prev_h", "Wx", "Wh", "b"])
+    next_h, _ = ns["rnn_step_forward"](*leaves.values())
+    return _with_autograd({"next_h": next_h}, {"next_h": inputs["dnext_h"]}, leaves)
 
 
 @graded_test("rnn_step_backward", "gradients",
@@ -198,11 +213,13 @@ def rnn_step_backward__gradients(ns, inputs, shared):
     return {"dx": dx, "dprev_h": dprev_h, "dWx": dWx, "dWh": dWh, "db": db}
 
 
-@graded_test("rnn_forward", "forward",
-             shapes("N, T, D, H", [(1, 1, 3, 4), (3, 5, 4, 6), (2, 2, 6, 3)], rnn_inputs))
+@graded_test("rnn_forward", "forward", shapes("N, T, D, H", [(1, 1, 3, 4), (3, 5, 4, 6), (2, 2, 6, 3)],
+                                             lambda d, **n: rnn_inputs(d, **n, upstream=True)))
 def rnn_forward__forward(ns, inputs, shared):
-    h, _ = ns["rnn_forward"](inputs["x"], inputs["h0"], inputs["Wx"], inputs["Wh"], inputs["b"])
-    return {"h": h}
+    # The provided RNN module trains through rnn_forward with autograd: its gradients count.
+    leaves = _leaves(inputs, ["x", "h0", "Wx", "Wh", "b"])
+    h, _ = ns["rnn_forward"](*leaves.values())
+    return _with_autograd({"h": h}, {"h": inputs["dh"]}, leaves)
 
 
 @graded_test("rnn_backward", "gradients",
@@ -219,7 +236,7 @@ def rnn_backward__gradients(ns, inputs, shared):
 # ---------------------------------------------------------------------------------------
 
 EMBEDDING_SHAPES = [(1, 1, 7, 3), (3, 6, 5, 4)]  # few words, so that indices repeat
-LOSS_SHAPES = [(1, 1, 5), (4, 6, 9), (3, 2, 12)]
+LOSS_SHAPES = [(1, 1, 5), (4, 6, 9), (3, 2, 12), (2, 3, 120)]
 
 
 def embedding_inputs(d: Draw, N, T, V, D, upstream=False) -> Inputs:
@@ -231,6 +248,8 @@ def embedding_inputs(d: Draw, N, T, V, D, upstream=False) -> Inputs:
 def loss_inputs(d: Draw, N, T, V, ignored=False) -> Inputs:
     """x: (N, T, V) scores, y: (N, T) indices [, ignore_index, with y[0, -1] ignored]."""
     inputs = {"x": d.randn(N, T, V, scale=2.0), "y": d.randint(V, N, T)}
+    if V > 100:  # a large index among the targets: no index may be ignored by accident
+        inputs["y"][-1, 0] = 100
     if ignored:
         inputs["y"][0, -1] = 0  # at least one ignored timestep
         inputs["ignore_index"] = torch.tensor(0)
@@ -291,10 +310,22 @@ def lstm_params(d: Draw, D, H, attention=False) -> Inputs:
 
 
 def lstm_step_inputs(d: Draw, N, D, H, attention=False) -> Inputs:
-    """The parameters, x: (N, D), prev_h, prev_c [, attn]: (N, H)."""
+    """The parameters, x: (N, D), prev_h, prev_c [, attn], dnext_h, dnext_c: (N, H)."""
     inputs = {**lstm_params(d, D, H, attention), "x": d.randn(N, D), "prev_h": d.randn(N, H),
               "prev_c": d.randn(N, H)}
-    return {**inputs, "attn": d.randn(N, H)} if attention else inputs
+    if attention:
+        inputs["attn"] = d.randn(N, H)
+    return {**inputs, "dnext_h": d.randn(N, H), "dnext_c": d.randn(N, H)}
+
+
+def _step_with_autograd(layer, inputs, names) -> Inputs:
+    """layer.step_forward on the named inputs, with the gradients autograd computes through it
+    (the inputs' and the parameters')."""
+    leaves = _leaves(inputs, names)
+    next_h, next_c = layer.step_forward(*leaves.values())
+    return _with_autograd({"next_h": next_h, "next_c": next_c},
+                          {"next_h": inputs["dnext_h"], "next_c": inputs["dnext_c"]},
+                          {**leaves, **dict(layer.named_parameters())})
 
 
 def lstm_inputs(d: Draw, N, T, D, H, attention=False, upstream=False) -> Inputs:
@@ -320,8 +351,7 @@ def _layer(ns, name, inputs):
 
 @graded_test("LSTM", "step_forward", shapes("N, D, H", [(1, 3, 4), (4, 5, 6)], lstm_step_inputs))
 def LSTM__step_forward(ns, inputs, shared):
-    next_h, next_c = _layer(ns, "LSTM", inputs).step_forward(inputs["x"], inputs["prev_h"], inputs["prev_c"])
-    return {"next_h": next_h, "next_c": next_c}
+    return _step_with_autograd(_layer(ns, "LSTM", inputs), inputs, ["x", "prev_h", "prev_c"])
 
 
 @graded_test("LSTM", "forward", shapes("N, T, D, H", [(1, 1, 3, 4), (3, 5, 4, 6)], lstm_inputs))
@@ -357,9 +387,7 @@ def dot_product_attention__gradients(ns, inputs, shared):
 @graded_test("AttentionLSTM", "step_forward",
              shapes("N, D, H", [(1, 3, 4), (3, 5, 6)], lambda d, **n: lstm_step_inputs(d, **n, attention=True)))
 def AttentionLSTM__step_forward(ns, inputs, shared):
-    layer = _layer(ns, "AttentionLSTM", inputs)
-    next_h, next_c = layer.step_forward(inputs["x"], inputs["prev_h"], inputs["prev_c"], inputs["attn"])
-    return {"next_h": next_h, "next_c": next_c}
+    return _step_with_autograd(_layer(ns, "AttentionLSTM", inputs), inputs, ["x", "prev_h", "prev_c", "attn"])
 
 
 @graded_test("AttentionLSTM", "forward",
@@ -417,8 +445,11 @@ def _captioner(ns, inputs, shared):
 
 
 def captioning_loss(ns, inputs, shared):
+    """The loss, and its gradient with respect to every weight, by autograd: training needs both."""
     model = _captioner(ns, inputs, shared)
-    return {"loss": model(inputs["images"], inputs["captions"])}
+    loss = model(inputs["images"], inputs["captions"])
+    weights = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return _with_autograd({"loss": loss}, {"loss": torch.ones_like(loss)}, weights)
 
 
 def captioning_sample(ns, inputs, shared):
