@@ -362,6 +362,55 @@ def _swap(spans: _Spans, a, b) -> Change:
     return spans.start(a), spans.end(b), spans.text(b) + gap + spans.text(a)
 
 
+def operand_order(node, spans: _Spans) -> Iterator[tuple[str, Change]]:
+    """a - b -> b - a, a / b -> b / a, a @ b -> b @ a."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Sub, ast.Div, ast.MatMult)):
+        yield "swapped arguments", _swap(spans, node.left, node.right)
+
+
+# Names a wrong variable is never taken from: modules, builtins, the module itself.
+NOT_VARIABLES = {"torch", "F", "math", "nn", "self", "range", "reversed", "len", "super", "print", "isinstance",
+                 "zip", "enumerate", "int", "float", "min", "max", "sum", "list", "tuple", "dict"}
+
+
+def _variables(statement) -> tuple[list[str], list[str]]:
+    """The plain names and the self.<name> attributes one statement reads or writes."""
+    names, attributes = [], []
+    for node in ast.walk(statement):
+        if isinstance(node, ast.Name) and node.id not in NOT_VARIABLES and node.id not in names:
+            names.append(node.id)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+              and node.attr not in attributes):
+            attributes.append(node.attr)
+    return names, attributes
+
+
+def first_bindings(function) -> dict[str, int]:
+    """{name: the line where function first binds it} (its parameters: the def's line)."""
+    bound = {a.arg: function.lineno for a in function.args.args}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound[node.id] = min(bound.get(node.id, node.lineno), node.lineno)
+    return bound
+
+
+def wrong_variable(statement, spans: _Spans, bound: dict[str, int]) -> Iterator[tuple[str, Change]]:
+    """In one statement, a variable read -> another variable it reads or writes that is bound
+    before it (prev_h for h0, T for N, self.Wh for self.Wx, ...): a wrong but defined name."""
+    names, attributes = _variables(statement)
+    candidates = [n for n in names if bound.get(n, statement.lineno) < statement.lineno]
+    for node in ast.walk(statement):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in candidates:
+            for other in candidates:
+                if other != node.id:
+                    yield "wrong variable", spans.replace(node, other)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name)
+              and node.value.id == "self" and node.attr in attributes):
+            for other in attributes:
+                if other != node.attr:
+                    yield "wrong variable", spans.replace(node, f"self.{other}")
+
+
 def scale(node, spans: _Spans) -> Iterator[tuple[str, Change]]:
     """math.sqrt(H) -> H (1/H for 1/sqrt(H))."""
     if _method(node) == "sqrt" and len(node.args) == 1:
@@ -425,8 +474,8 @@ def dropped_statement(node, spans: _Spans) -> Iterator[tuple[str, Change]]:
 
 
 NODE_OPERATORS = (transpose, activation, reduction, scale, in_place, float32, dropped_call, index, loop, swapped,
-                  arithmetic, dropped_term, comparison, boolean, condition, augmented, dropped_argument,
-                  negative_index, dropped_statement)
+                  arithmetic, dropped_term, operand_order, comparison, boolean, condition, augmented,
+                  dropped_argument, negative_index, dropped_statement)
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,6 +498,15 @@ def solution_lines(code: str) -> set[int]:
 
 def _changes(tree, spans: _Spans, unit: str, lines: set[int]) -> Iterator[tuple[str, ast.AST, Change]]:
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            bound = first_bindings(function)
+            for statement in ast.walk(function):
+                if (isinstance(statement, ast.stmt) and not isinstance(statement, (ast.For, ast.If, ast.While,
+                                                                                    ast.FunctionDef, ast.With))
+                        and set(range(statement.lineno, statement.end_lineno + 1)) <= lines):
+                    for name, change in wrong_variable(statement, spans, bound):
+                        yield name, statement, change
     for node in ast.walk(tree):
         if not hasattr(node, "lineno") or not set(range(node.lineno, node.end_lineno + 1)) <= lines:
             continue
