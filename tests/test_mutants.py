@@ -50,6 +50,9 @@ def changes_of(unit: str) -> set[tuple[str, str]]:
     ("CaptioningRNN", "float32", "c = torch.zeros_like(h, dtype=torch.float32)"),
     ("CaptioningRNN", "dropped statement", "pass"),
     ("CaptioningRNN", "reduction", "words = self.output_projection(h).argmin(dim=1)"),
+    ("LSTM", "wrong variable", "next_c = f * prev_c + i * prev_c"),
+    ("AttentionLSTM", "wrong variable", "a = x_t + prev_h.mm(self.Wattn) + attn.mm(self.Wattn)"),
+    ("rnn_step_backward", "swapped arguments", "da = dnext_h * (next_h * next_h - 1)"),
 ])
 def test_the_mutants_include_the_bugs_students_make(unit, operator, line):
     assert (operator, line) in changes_of(unit)
@@ -81,6 +84,16 @@ def test_mutant_ids_are_distinct_and_stable():
     assert {m.unit for m in first} == set(reference.graded_units())
 
 
+def test_a_wrong_variable_is_one_bound_before_the_statement():
+    # rnn_forward's loop: x_proj, t, prev_h and Wh are bound before it; states is bound
+    # before too, but not in the statement; the statement's own target is not a candidate.
+    changed = {m.after.strip() for m in operators.unit_mutants("rnn_forward") if m.operator == "wrong variable"}
+    line = "prev_h = torch.tanh(x_proj[:, t] + prev_h.mm(Wh))"
+    assert "prev_h = torch.tanh(x_proj[:, t] + x_proj.mm(Wh))" in changed
+    assert "prev_h = torch.tanh(x_proj[:, t] + prev_h.mm(prev_h))" in changed
+    assert not [c for c in changed if c.startswith("prev_h = ") and "states" in c], line
+
+
 def test_backward_units_get_no_detached_mutant():
     # Their outputs are gradients written by hand: no autograd runs through them.
     for unit in ("rnn_step_backward", "rnn_backward"):
@@ -101,12 +114,15 @@ def test_an_equivalent_mark_without_a_reason_is_refused(tmp_path):
 
 # The hand-made mutants of rnn_step_forward, and what the hidden tests must make of them.
 SIGMOID = ("torch.tanh(", "torch.sigmoid(")  # a different function: forward loses points
-NO_BIAS = (" + b)", ")")  # the bias dropped: killed, unless the hidden inputs' bias is zero
+NO_BIAS = ("prev_h.mm(Wh) + b)", "prev_h.mm(Wh))")  # the bias dropped: killed, unless the hidden inputs' bias is zero
 METHOD = ("torch.tanh(x.mm(Wx) + prev_h.mm(Wh) + b)", "(x.mm(Wx) + prev_h.mm(Wh) + b).tanh()")  # same op
-# The weakened copy of the hidden tests: every bias drawn for the vanilla RNN step is zero.
+# The weakened copy of the hidden tests: every bias drawn for the vanilla RNN step is zero,
+# and rnn_step_forward's test compares next_h alone (not the gradients, db among them).
 DRAWN_BIAS = "Wh=d.randn(H, H, scale=0.5), b=d.randn(H))\n    return {**inputs, \"dnext_h\": d.randn(N, H)}"
 ZERO_BIAS = "Wh=d.randn(H, H, scale=0.5), b=torch.zeros(H, dtype=torch.float64))\n    return {**inputs, " \
             "\"dnext_h\": d.randn(N, H)}"
+WITH_GRADIENTS = 'return _with_autograd({"next_h": next_h}, {"next_h": inputs["dnext_h"]}, leaves)'
+WITHOUT = 'return {"next_h": next_h}'
 
 VERDICTS = """
 import json, sys
@@ -129,8 +145,8 @@ print(json.dumps({"reference": outcome.reference_score, "statuses": [v.status fo
 """
 
 
-def repository_copy(where, edits: dict[str, tuple[str, str]]):
-    """The tracked files of the repository under where, with edits {path: (old, new)}
+def repository_copy(where, edits: list[tuple[str, str, str]]):
+    """The tracked files of the repository under where, with edits [(path, old, new)]
     applied, and the built data files linked in."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     for name in files.stdout.splitlines():
@@ -139,7 +155,7 @@ def repository_copy(where, edits: dict[str, tuple[str, str]]):
             shutil.copy2(REPO_ROOT / name, where / name)
     for name in ("data/coco.pt", "data/encoder_features.pt"):
         (where / name).symlink_to(REPO_ROOT / name)
-    for name, (old, new) in edits.items():
+    for name, old, new in edits:
         text = (where / name).read_text()
         assert text.count(old) == 1, (name, old)
         (where / name).write_text(text.replace(old, new))
@@ -165,7 +181,9 @@ def test_hand_made_mutants_are_killed_survive_or_are_excluded_as_the_hidden_test
     assert found["killed_by"][:2] == [["rnn_step_forward.forward"]] * 2
     assert found["score"] == 1.0  # 2 killed of 3, less the equivalent one
     # A copy whose hidden inputs have no bias cannot see the dropped bias: it survives.
-    weakened = repository_copy(tmp_path / "weakened", {"autograder/graded_tests.py": (DRAWN_BIAS, ZERO_BIAS)})
+    tests = "autograder/graded_tests.py"
+    weakened = repository_copy(tmp_path / "weakened",
+                               [(tests, DRAWN_BIAS, ZERO_BIAS), (tests, WITH_GRADIENTS, WITHOUT)])
     found, _ = verdicts_in(weakened, tmp_path / "weakened-out")
     assert found["reference"] == 100
     assert found["statuses"] == ["killed", "survived", "equivalent"]
