@@ -134,7 +134,8 @@ def visible_outcomes(mutants: list[Mutant], out: Path, jobs: int) -> dict[str, t
     from mutants import visible
 
     cache_path = out / "visible.json"
-    notebook = hashlib.sha256(SOURCE_NOTEBOOK.read_bytes()).hexdigest()
+    # The verdicts change with the notebook's checks and with how they are run.
+    notebook = hashlib.sha256(SOURCE_NOTEBOOK.read_bytes() + Path(visible.__file__).read_bytes()).hexdigest()
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if cache.get("notebook") != notebook:
         cache = {"notebook": notebook, "mutants": {}}
