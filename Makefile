@@ -17,8 +17,8 @@ NBGRADER    := cd $(COURSE) && PATH="$(abspath $(VENV))/bin:$$PATH" nbgrader
 
 help:
 	@echo "make setup        create $(VENV), install pinned packages, build $(COCO_PT)"
-	@echo "make test         lint, then the whole test suite (CI runs this; about 50-60 minutes on 2 cores)"
-	@echo "make test-fast    lint, then every test but the slow ones (about 2-7 minutes)"
+	@echo "make test         lint, then the whole test suite (CI runs this; about 20 minutes on 2 cores)"
+	@echo "make test-fast    lint, then every test but the slow ones (about 2 minutes)"
 	@echo "make lint         ruff check (settings in pyproject.toml)"
 	@echo "make notebook     rebuild $(SOURCE_NB) from its text source and the reference"
 	@echo "make release      generate the student version with nbgrader ($(COURSE)/release/)"
@@ -163,7 +163,7 @@ test: setup lint
 	$(PY) -m pytest
 
 # Every test but the slow ones (whole gradings, batches, nbgrader, the notebook, the command
-# line): about 2-3 minutes here, for every change; CI runs the whole suite.
+# line): about 2 minutes here, for every change; CI runs the whole suite.
 test-fast: setup lint
 	$(PY) -m pytest -m "not slow"
 

@@ -153,8 +153,9 @@ def repository_copy(where, edits: list[tuple[str, str, str]]):
         if (REPO_ROOT / name).is_file():
             (where / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, where / name)
-    for name in ("data/coco.pt", "data/encoder_features.pt"):
-        (where / name).symlink_to(REPO_ROOT / name)
+    for name in ("data/coco.pt", "data/encoder_features.pt"):  # the features' cache may not be built yet
+        if (REPO_ROOT / name).exists():
+            (where / name).symlink_to(REPO_ROOT / name)
     for name, old, new in edits:
         text = (where / name).read_text()
         assert text.count(old) == 1, (name, old)
