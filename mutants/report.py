@@ -47,13 +47,13 @@ def unit_rows(run: MutationRun) -> list[list]:
 def summary_text(run: MutationRun) -> str:
     """The per-unit table as text, for the terminal."""
     header = f"{'unit':<24}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}{'cascade':>8}" \
-             f"{'equiv':>6}{'n.g.':>5}{'score':>8}{'visible':>9}"
+             f"{'equiv':>6}{'n.g.':>5}{'score':>8}{'visible':>11}"
     lines = [header]
     for row in unit_rows(run):
         unit, mutants, survived, cascade, timed_out, killed, equivalent, not_graded, score, caught, checked = row
         seen = f"{caught}/{checked}" if checked else "-"
         lines.append(f"{unit:<24}{mutants:>8}{killed:>8}{timed_out:>8}{survived:>9}{cascade:>8}{equivalent:>6}"
-                     f"{not_graded:>5}{score:>8}{seen:>9}")
+                     f"{not_graded:>5}{score:>8}{seen:>11}")
     lines.append(f"graded in {run.seconds_grading:.0f} s, visible checks in {run.seconds_visible:.0f} s; "
                  f"the reference scored {run.reference_score}")
     return "\n".join(lines)
