@@ -67,8 +67,8 @@ th { background: #f0f0f3; } tr:nth-child(even) td { background: #fafafa; } td.n 
 pre { background: #f6f8fa; padding: .6em; overflow-x: auto; margin: .3em 0 .8em; }
 .survived { color: #b00020; font-weight: 600; } .cascade { color: #a05a00; font-weight: 600; }
 .killed, .timedout { color: #1b7f3b; } .equivalent, .notgraded { color: #666; }
-.low { background: #fde7e9 !important; } .note { color: #555; } code { font-size: 95%; }
-.ins { color: #1b7f3b; } .del { color: #b00020; }
+.low td { background: #fde7e9 !important; } .note { color: #555; } code { font-size: 95%; }
+.ins { color: #1b7f3b; } .del { color: #b00020; } td:first-child code { white-space: nowrap; }
 """
 
 

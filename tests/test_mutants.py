@@ -193,3 +193,22 @@ def test_hand_made_mutants_are_killed_survive_or_are_excluded_as_the_hidden_test
     found_again, log = verdicts_in(weakened, tmp_path / "weakened-out")
     assert found_again == found
     assert "0 to grade" in log
+
+
+def test_the_report_shows_a_survivor_with_its_diff_and_scores_the_unit(tmp_path):
+    from mutants import report
+
+    mutants = operators.unit_mutants("rnn_step_forward")[:3]
+    verdicts = [run.Verdict(mutants[0], run.SURVIVED, [], ["rnn_step_forward.forward"], [], visible_failed=[]),
+                run.Verdict(mutants[1], run.KILLED, ["rnn_step_forward.forward"], [], [], visible_failed=["x"]),
+                run.Verdict(mutants[2], run.EQUIVALENT, [], ["rnn_step_forward.forward"], [],
+                            equivalent_reason="<same> values")]
+    outcome = run.MutationRun(verdicts, 100, [], 1.0, 1.0, {})
+    report.write_report(outcome, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert f"survived</span> <code>{mutants[0].id}</code>" in page
+    assert "+    " + mutants[0].after.strip() in page.replace("&quot;", '"')  # the diff's added line
+    assert "&lt;same&gt; values" in page and "<same>" not in page
+    assert "50.0%" in page  # 1 killed of 3 mutants less 1 equivalent
+    units = (tmp_path / "units.csv").read_text().splitlines()
+    assert units[1].startswith("rnn_step_forward,3,1,0,0,1,1,0,50.0%")  # survived, cascade, timed out, killed, ...
