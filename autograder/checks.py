@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from autograder import DATA_FILE, POINTS_FILE, graded_tests, write_atomically
-from autograder.graded_tests import NUMERIC_STEP, NUMERIC_TOLERANCE, OUTPUT_TOLERANCE, Draw
+from autograder.graded_tests import AUTOGRAD_PREFIX, NUMERIC_STEP, NUMERIC_TOLERANCE, OUTPUT_TOLERANCE, Draw
 from solution import captioning as reference
 
 # The grader's image encoder: torchvision's RegNet-X 400MF with its own initialisation, seeded
@@ -331,6 +331,10 @@ def compare_output(name: str, actual, expected: torch.Tensor, tol: float = OUTPU
     """Why actual (a numpy array from the worker, or None) is not expected; None if it is."""
     import numpy as np
 
+    if actual is None and name.startswith(AUTOGRAD_PREFIX):
+        return (f"no gradient {name.removeprefix(AUTOGRAD_PREFIX)} flows back: the output does not require grad "
+                "(a .detach(), .item(), .numpy() or a new tensor on the way?), so a model built on it could not "
+                "be trained")
     if actual is None:
         return f"no output {name}"
     if not isinstance(actual, np.ndarray) or actual.dtype == object:

@@ -32,6 +32,8 @@ import torch
 OUTPUT_TOLERANCE = 1e-10
 NUMERIC_TOLERANCE = 1e-5  # hand-written gradients against centred differences
 NUMERIC_STEP = 1e-6
+# The outputs a forward test adds: the gradients autograd computes through the unit.
+AUTOGRAD_PREFIX = "autograd_"
 
 Inputs = dict[str, torch.Tensor]
 Runner = Callable[[dict, Inputs, dict], Inputs]
@@ -166,14 +168,18 @@ def _leaves(inputs, names):
 
 def _with_autograd(outputs: Inputs, upstream: Inputs, named_leaves) -> Inputs:
     """outputs, and the gradients of sum(outputs[k] * upstream[k]) with respect to
-    named_leaves that autograd computes through the unit, named "autograd_d<leaf>": a forward
-    pass must let gradients through, or the model built on it cannot be trained."""
+    named_leaves that autograd computes through the unit, named AUTOGRAD_PREFIX + "d<leaf>":
+    a forward pass must let gradients through, or the model built on it cannot be trained.
+
+    Outputs of the wrong type or shape, or that carry no gradient, get no gradients here:
+    their own comparison, or the missing gradients', says why (checks.compare_output)."""
+    if not all(isinstance(outputs.get(k), torch.Tensor) and outputs[k].shape == u.shape for k, u in upstream.items()):
+        return outputs
     total = sum((outputs[k] * upstream[k]).sum() for k in upstream)
     if not total.requires_grad:
-        raise ValueError("no gradient flows back through the outputs (detached, or computed outside "
-                         "autograd): a model built on them could not be trained")
+        return outputs
     grads = _grads_of(total, torch.ones_like(total), named_leaves)
-    return {**outputs, **{f"autograd_{name}": grad for name, grad in grads.items()}}
+    return {**outputs, **{AUTOGRAD_PREFIX + name: grad for name, grad in grads.items()}}
 
 
 # ---------------------------------------------------------------------------------------
