@@ -24,8 +24,9 @@ its better result and the forward loses its points, with the reason. (Charging t
 backward instead would make breaking the forward on purpose pay.)
 
 Round two gives no more than correct code earns: the unit's own code still computes all
-it is asked for, and served calls answer forward passes only (the gradients of
-rnn_step_forward are rnn_step_backward's answer). Where it does not help (a bug of the
+it is asked for, and served calls answer a hand-written backward pass's forward calls only
+(the gradients of rnn_step_forward are rnn_step_backward's answer; rnn_forward, whose test
+differentiates through it, gets them on its own hidden inputs). Where it does not help (a bug of the
 unit's own, or a cache laid out otherwise than the reference's), every failing test's
 reason names the collaborators it relied on.
 """

@@ -18,7 +18,8 @@ forward in time only, never into a result already reported. (Three sandboxes, on
 group, cost three torch imports per submission; the order gives the same guarantee for one.)
 
 Round two (collaborators.py) starts a second sandbox, only for a submission that needs it:
-one group per unit judged again, in notebook order, served forward passes only. Forward
+one group per unit judged again, in notebook order, served forward passes only (a forward
+pass judged again, rnn_forward, gradients too, on its own hidden inputs). Forward
 values can be computed from the assignment's equations; the one served answer worth having,
 rnn_step_backward's, goes only to rnn_backward, judged last. A second sandbox, because
 round one's captioner group, served everything (gradients too), ran last in the first.
@@ -96,8 +97,11 @@ WORKER_GROUPS = (
 
 
 def again_group(unit: str, served: tuple[str, ...]) -> Group:
-    """Round two: unit judged again, in a sandbox of its own (collaborators.py)."""
-    return Group(f"again:{unit}", (unit,), served, gradients=False)
+    """Round two: unit judged again, in a sandbox of its own (collaborators.py). A hand-written
+    backward pass is served forward passes only (the gradients of rnn_step_forward are
+    rnn_step_backward's answer); a forward pass (rnn_forward), whose test differentiates
+    through it, is served the gradients too: on its own inputs, which no later group shares."""
+    return Group(f"again:{unit}", (unit,), served, gradients=unit not in STUDENT_DEPENDENCIES)
 
 
 @dataclass
