@@ -165,18 +165,23 @@ def run_grade(args) -> int:
               "or of a folder holding one)", file=sys.stderr)
         return 2
     from autograder import sandbox
-    from autograder.submission_sandbox import SubmissionSandbox
 
-    # The sandbox starts first: its torch import runs beside this process's own.
+    # The warm worker starts first (its torch import is the critical path), then the sandbox.
     started = None
     if sandbox.sandbox_status()[0] or args.allow_unsandboxed:
+        sandbox.start_zygote()
+        from autograder.submission_sandbox import SubmissionSandbox
+
         started = SubmissionSandbox(args.allow_unsandboxed)
     try:
+        import torch
+
         from autograder import batch
         from autograder.grade import GraderError
         from autograder.reports import write_results
         from autograder.submission import NOTEBOOK_NAME, find_notebook
 
+        torch.set_num_threads(batch.GRADER_THREADS)
         try:
             batch.check_points()
             coco = batch.load_data(args.data)

@@ -306,14 +306,18 @@ def parse_shard(spec: str, environ=os.environ) -> Shard:
 _state = {}
 
 
-def _init_process(data: str, device: str, allow_unsandboxed: bool, threads: int) -> None:
+# The grader's own arithmetic (hidden inputs, the reference's outputs) is on small tensors,
+# beside its sandbox's worker and the other JOBS: more threads only oversubscribe the cores,
+# and OpenMP's spinning threads then slow everything down (JOBS=2 was slower than JOBS=1; a
+# cold grade drew the captioner's cases in 1.1 s with two threads, 0.15 s with one).
+GRADER_THREADS = 1
+
+
+def _init_process(data: str, device: str, allow_unsandboxed: bool) -> None:
     import torch
 
     sandbox.start_zygote()  # this process's warm worker: it warms up while the data loads
-
-    # JOBS processes each with a thread per core would oversubscribe the CPUs, and OpenMP's
-    # spinning threads then slow everything down (JOBS=2 was slower than JOBS=1 here).
-    torch.set_num_threads(threads)
+    torch.set_num_threads(GRADER_THREADS)
     coco = torch.load(data, weights_only=True)
     _state.update(coco=coco, fixture=checks.CaptionerFixture(coco), device=device,
                   allow_unsandboxed=allow_unsandboxed)
@@ -402,15 +406,6 @@ def _jobs_to_use(jobs: int, device: str) -> int:
     return jobs
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on: a Slurm or Kubernetes allocation pins fewer than
-    the node has (os.cpu_count), and threads beyond them only oversubscribe."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _grade_todo(todo: list, store: ResultStore, outcomes: dict, *, jobs: int, coco: dict, data: Path,
                 device: str, allow_unsandboxed: bool, progress: bool) -> None:
     """Grade todo [(submission, key)]: here when jobs is 0, else in a pool of jobs processes."""
@@ -420,8 +415,7 @@ def _grade_todo(todo: list, store: ResultStore, outcomes: dict, *, jobs: int, co
         _grade_here(todo, store, outcomes, progress=progress, device=device)
     elif todo:
         _grade_in_parallel(todo, store, outcomes, jobs=jobs, progress=progress, device=device,
-                           initargs=(str(data), device, allow_unsandboxed,
-                                     max(1, usable_cpus() // max(1, jobs))))
+                           initargs=(str(data), device, allow_unsandboxed))
 
 
 def write_class_files(course_dir: Path, submissions: list, outcomes: dict) -> None:

@@ -279,19 +279,15 @@ def numeric_gradients(numeric: graded_tests.Numeric, inputs: dict) -> dict[str, 
     return grads
 
 
-def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture,
-               expected: bool = True) -> HiddenTest:
-    """One test of points.toml: its hidden cases, with the reference's outputs on them
-    (without them when expected is False: add_expected computes them later)."""
+def build_test(declared: graded_tests.GradedTest, points: int, seed: int, fixture: CaptionerFixture) -> HiddenTest:
+    """One test of points.toml with its hidden cases drawn (add_expected adds the
+    reference's outputs)."""
     drawn, shared = declared.cases(Draw(test_seed(seed, declared.unit, declared.name)), fixture)
-    test = HiddenTest(declared.unit, declared.name, points, [Case(label, inputs) for label, inputs in drawn],
+    return HiddenTest(declared.unit, declared.name, points, [Case(label, inputs) for label, inputs in drawn],
                       shared, declared.tolerance)
-    if expected:
-        add_expected([test])
-    return test
 
 
-def add_expected(tests: list[HiddenTest]) -> None:
+def add_expected(tests) -> None:
     """The reference's outputs (and centred differences, for a hand-written backward) on
     every case of tests that has none yet."""
     for test in tests:
@@ -306,13 +302,41 @@ def add_expected(tests: list[HiddenTest]) -> None:
                 case.numeric = numeric_gradients(declared.numeric, case.inputs)
 
 
-def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None,
-                expected: bool = True) -> list[HiddenTest]:
-    """Every test of points.toml, in its order, with its hidden cases and (unless expected
-    is False) the reference's outputs."""
-    fixture = fixture or CaptionerFixture(coco)
-    return [build_test(graded_tests.GRADED_TESTS[(unit, name)], points, seed, fixture, expected)
-            for unit, unit_tests in load_points().items() for name, points in unit_tests.items()]
+class HiddenTests:
+    """One submission's tests, in the order of points.toml, each drawn when first asked for:
+    a group's job can go to the sandbox as soon as its own tests are drawn, so the first
+    units run while the captioner's cases (a search for weights whose captions end, 0.2 s)
+    are still being drawn. A test's draw depends on its seed alone, never on the order."""
+
+    def __init__(self, seed: int, coco: dict, fixture: CaptionerFixture | None = None):
+        self._seed, self._fixture = seed, fixture or CaptionerFixture(coco)
+        self._declared = [(graded_tests.GRADED_TESTS[(unit, name)], points)
+                          for unit, unit_tests in load_points().items() for name, points in unit_tests.items()]
+        self._drawn: dict[int, HiddenTest] = {}
+
+    def of(self, units) -> list[HiddenTest]:
+        """The tests of units (drawn now if they were not)."""
+        return [self._draw(i) for i, (declared, _) in enumerate(self._declared) if declared.unit in units]
+
+    def __iter__(self):
+        return iter([self._draw(i) for i in range(len(self._declared))])
+
+    def __len__(self) -> int:
+        return len(self._declared)
+
+    def _draw(self, index: int) -> HiddenTest:
+        if index not in self._drawn:
+            declared, points = self._declared[index]
+            self._drawn[index] = build_test(declared, points, self._seed, self._fixture)
+        return self._drawn[index]
+
+
+def build_tests(seed: int, coco: dict, fixture: CaptionerFixture | None = None) -> list[HiddenTest]:
+    """Every test of points.toml, in its order, with its hidden cases and the reference's
+    outputs."""
+    tests = list(HiddenTests(seed, coco, fixture))
+    add_expected(tests)
+    return tests
 
 
 # ---------------------------------------------------------------------------------------

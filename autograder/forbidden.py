@@ -12,13 +12,14 @@ Two checks, which share one notion of what is forbidden (``forbidden_name``):
   through an import or alias of another cell), of what only serves to dismantle the runtime
   block (``torch._C``, ``importlib``, ``gc``, ``exec``...), and, for the hand-written backward
   units, of autograd. Mentions (strings, docstrings, comments) are not uses.
-* In the sandboxed worker, ``block_for_good()`` (once per unit, in the forked process that runs
-  it, before any student code) makes every forbidden entry point raise ``ForbiddenModuleError``
+* In the sandboxed worker, ``block_for_good()`` (once, before it forks the first unit: every
+  unit's process inherits it, before any student code) makes every forbidden entry point raise ``ForbiddenModuleError``
   and record the attempt: raising kernels at the dispatcher for every overload of every
   forbidden operator (``forbidden_aten_ops``) and every dispatch key it has a kernel for;
   forbidden ``nn.Module`` classes and pure-Python implementations disabled in place (their code
   objects replaced, so every reference to them raises); the Python names of the operators
-  replaced. ``refuse_autograd(unit)`` does the same for autograd in a hand-written backward
+  replaced; a module of torch imported later is blocked as it loads, the operators it registers
+  included. ``refuse_autograd(unit)`` does the same for autograd in a hand-written backward
   unit, and ``refuse_threads(unit)`` for new threads in the units of THREADLESS_CELLS (grad
   mode is per thread: a new one starts with autograd on). ``violations()`` lists what was
   attempted, even when the student caught the error: the grader zeroes the unit when it is
@@ -26,9 +27,10 @@ Two checks, which share one notion of what is forbidden (``forbidden_name``):
 
 In the worker::
 
-    forbidden.prepare()              # once, before forking the units (about a second)
+    forbidden.prepare()              # once, in the zygote (0.1 s once torch is imported)
+    forbidden.block_for_good()       # once, in the worker, before forking the units
     # in each unit's forked process, before any submitted code:
-    forbidden.block_for_good(report_fd=None)   # optional fd: each attempt written at once
+    forbidden.block_for_good(report_fd=None)   # applied already; optional fd: each attempt written at once
     forbidden.refuse_autograd(unit)            # only for HAND_WRITTEN_BACKWARD units
     forbidden.refuse_threads(unit)             # only for THREADLESS_CELLS units
     ...                                        # the unit's code and tests
@@ -122,12 +124,14 @@ class ForbiddenModuleError(RuntimeError):
     """Raised when graded code calls a forbidden built-in (or autograd where it is refused)."""
 
 
-# Packages imported before blocking, so that what they define exists and is blocked (a student
-# importing one later would otherwise find its classes and operators intact).
+# Packages imported before blocking, so that what they define exists when the plan is made.
+# A module of torch imported only after the block is blocked as it loads (_SweepingLoader):
+# torch.nn.attention.varlen is left to that, since importing it means torch._dynamo, 0.7-1.1 s
+# of every zygote's start for a module only a forbidden attempt would import.
 _EXTRA_IMPORTS = (
     "torch.ao.nn.quantizable", "torch.ao.nn.quantized", "torch.ao.nn.quantized.dynamic",
     "torch.ao.nn.quantized.reference", "torch.nn.attention.flex_attention",
-    "torch.nn.attention.varlen", "torch.onnx.ops", "torch._decomp.decompositions",
+    "torch.onnx.ops", "torch._decomp.decompositions",
     "torch._higher_order_ops.flex_attention", "torch._functorch.eager_transforms",
     "torch.autograd.functional", "torch.autograd.forward_ad", "torch.func",
 )
@@ -147,7 +151,12 @@ def forbidden_aten_ops() -> tuple[str, ...]:
     ("aten::lstm_cell", no overload) whose words include one of FORBIDDEN_WORDS, less
     EXCLUDED_OPS. Their backward operators are included (they match too)."""
     _import_extras()
-    names = {n.split(".")[0] for n in torch._C._dispatch_get_all_op_names()}
+    return _forbidden_among(torch._C._dispatch_get_all_op_names())
+
+
+def _forbidden_among(qualified_names) -> tuple[str, ...]:
+    """The forbidden operators ("ns::name", no overload) among the registry names given."""
+    names = {n.split(".")[0] for n in qualified_names}
     return tuple(sorted(n for n in names if forbidden_name(n.split("::", 1)[-1]) and n not in EXCLUDED_OPS))
 
 
@@ -464,12 +473,23 @@ class _SweepingLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        self._loader.exec_module(module)
+        outermost = not _LOADING
+        registered_before = set(torch._C._dispatch_get_all_op_names()) if outermost else set()
+        _LOADING.append(module.__name__)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            _LOADING.pop()
+            if outermost:  # once, for the operators this module and what it imported registered
+                _block_operators(_forbidden_among(set(torch._C._dispatch_get_all_op_names()) - registered_before))
         functions, classes = _module_items(module.__name__, module)
         for fn, label in functions:
             _disable_function(fn, _forbidden_raiser(label))
         for cls, label in classes:
             _disable_class(cls, _forbidden_raiser(label))
+
+
+_LOADING: list[str] = []  # the library modules being imported after the block, outermost first
 
 
 class _SweepingFinder:
@@ -517,11 +537,44 @@ def prepare() -> None:
     the processes that will call block_for_good, so that each of them only applies it."""
     if _PLAN:
         return
-    ops = forbidden_aten_ops()
+    _PLAN.update(_operator_plan(forbidden_aten_ops()))
+    functions, classes = _module_code()
+    _PLAN["functions"] += functions
+    _PLAN["classes"] += classes
+
+
+def _operator_plan(ops) -> dict:
+    """What blocking the operators ops ("ns::name") takes: their registrations, their Python
+    code and classes, and their Python names."""
     functions, classes = _operator_python_code(ops)
-    more_functions, more_classes = _module_code()
-    _PLAN.update(ops=ops, registrations=_operator_registrations(ops), functions=functions + more_functions,
-                 classes=classes + more_classes, names=_builtin_names(ops))
+    return dict(ops=tuple(ops), registrations=_operator_registrations(ops), functions=functions,
+                classes=classes, names=_builtin_names(ops))
+
+
+def _block_operators(ops) -> None:
+    """After block_for_good, blocks operators that a library module registered as it loaded
+    (torch.nn.attention.varlen's torch_attn::_varlen_attn) as block_for_good blocked the
+    planned ones. An operator of the student's own, registered by a cell, is never here: only
+    what was registered while a module of torch, torchvision or functorch was importing."""
+    ops = [op for op in ops if op not in _PLAN["ops"]]
+    if not ops:
+        return
+    plan = _operator_plan(ops)
+    for key in ("ops", "registrations", "functions", "classes", "names"):
+        _PLAN[key] = [*_PLAN[key], *plan[key]]
+    _apply(plan)
+
+
+def _apply(plan: dict) -> None:
+    """Raising kernels, disabled code and replaced names for what plan lists; None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+        _register_raising_kernels(plan["registrations"])
+    for fn, label in plan["functions"]:
+        _disable_function(fn, _forbidden_raiser(label))
+    for cls, label in plan["classes"]:
+        _disable_class(cls, _forbidden_raiser(label))
+    _replace_operator_names(plan["names"])
 
 
 def _hook_module_init() -> None:
@@ -569,22 +622,15 @@ def block_for_good(report_fd: int | None = None) -> None:
         return
     _BLOCKED["done"] = True
     prepare()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
-        _register_raising_kernels()
-    for fn, label in _PLAN["functions"]:
-        _disable_function(fn, _forbidden_raiser(label))
-    for cls, label in _PLAN["classes"]:
-        _disable_class(cls, _forbidden_raiser(label))
-    _replace_operator_names()
+    _apply(_PLAN)
     _hook_module_init()
     sys.meta_path.insert(0, _SweepingFinder())
 
 
-def _register_raising_kernels() -> None:
-    """Registers a raiser for every planned operator at each of its dispatch keys; None."""
+def _register_raising_kernels(registrations) -> None:
+    """Registers a raiser for every (namespace, overload, label, keys) at each key; None."""
     libraries: dict[str, torch.library.Library] = {}
-    for namespace, name, label, keys in _PLAN["registrations"]:
+    for namespace, name, label, keys in registrations:
         if namespace not in libraries:
             libraries[namespace] = torch.library.Library(namespace, "IMPL")
             _FOREVER.append(libraries[namespace])  # a Library removes its kernels when collected
@@ -601,9 +647,10 @@ def _impl_everywhere(library: torch.library.Library, qualified: str, raiser, key
             _BLOCK_FAILURES.append(f"{qualified} at {key}: {exc}"[:300])
 
 
-def _replace_operator_names() -> None:
-    """Disables (or, when not Python functions, replaces) the Python names of the operators; None."""
-    for owner, label, name in _PLAN["names"]:
+def _replace_operator_names(names) -> None:
+    """Disables (or, when not Python functions, replaces) the Python names (owner, label, name)
+    of the operators; None."""
+    for owner, label, name in names:
         current = getattr(owner, name, None)
         if not _disable_function(current, _forbidden_raiser(f"{label}.{name}")):
             try:

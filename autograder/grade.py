@@ -65,8 +65,8 @@ def grade(notebook: Path, *, coco: dict, device: str = "cpu", allow_unsandboxed:
             return zero_result(points, clean_text(exc), [clean_text(exc)], mode, device)
         own_exclusions = screen(cells)  # 2. screen
         excluded = {**without_cache(own_exclusions), **own_exclusions}
-        tests = checks.build_tests(submission_seed(secret or grader_secret(), cells), coco,
-                                   fixture or checks.CaptionerFixture(coco), expected=False)  # 3. draw
+        # 3. draw (each group's tests as its job is sent)
+        tests = checks.HiddenTests(submission_seed(secret or grader_secret(), cells), coco, fixture)
         runnable = {u for u in UNITS if u not in excluded}
         run = RunContext(cells, tests, device, allow_unsandboxed)
         # 4. isolate, run; the reference's outputs are computed while the first units run.
@@ -172,7 +172,7 @@ class RunContext:
     """What every sandbox of one grading is given: the cells, the tests, the device."""
 
     cells: dict[str, str]
-    tests: list
+    tests: checks.HiddenTests
     device: str
     allow_unsandboxed: bool
 
@@ -199,8 +199,8 @@ def run_units(groups: tuple[Group, ...], runnable: set[str], run: RunContext,
         needed = tuple(group for group, units in pending.items() if units)
         with started or SubmissionSandbox(run.allow_unsandboxed, groups=needed) as box:
             for group in needed:
-                box.send(group.name, jobs.job_blob(group, pending[group], run.cells, run.tests, run.device,
-                                                   runnable), jobs.service_for(group))
+                box.send(group.name, jobs.job_blob(group, pending[group], run.cells, run.tests.of(pending[group]),
+                                                   run.device, runnable), jobs.service_for(group))
             if meanwhile is not None:  # the grader's own work, while the sandbox runs
                 meanwhile()
                 meanwhile = None

@@ -208,13 +208,66 @@ def late_import(without_hooks):
     return outcome
 
 
+def late_varlen():
+    """torch.nn.attention.varlen, which the plan leaves out (importing it means torch._dynamo,
+    a second a zygote would pay), imported only after the block."""
+    forbidden.block_for_good()
+    import torch.nn.attention.varlen as varlen
+    q, seq = torch.randn(4, 2, 8), torch.tensor([0, 4], dtype=torch.int32)
+    outcome = {}
+    for label, attack in (("function", lambda: varlen.varlen_attn(q, q, q, seq, seq, 4, 4)),
+                          ("operator", lambda: torch.ops.torch_attn._varlen_attn(q, q, q, seq, seq, 4, 4)),
+                          ("overload", lambda: torch.ops.torch_attn._varlen_attn.default(q, q, q, seq, seq, 4, 4))):
+        try:
+            attack()
+            outcome[label] = "ran"
+        except forbidden.ForbiddenModuleError:
+            outcome[label] = "forbidden"
+        except Exception as exc:  # no CPU kernel for flash attention
+            outcome[label] = type(exc).__name__
+    outcome["violations"] = forbidden.violations()
+    return outcome
+
+
+# A module of torch, imported after the block, that registers an operator named like a
+# recurrent cell whose implementation has a harmless name: only the operator block stops it.
+LATE_OPERATOR_MODULE = """
+import torch
+
+
+@torch.library.custom_op("kit_late::fused_lstm_cell", mutates_args=())
+def _step(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x)
+"""
+
+
+def late_operator(without_operator_block):
+    import tempfile
+    folder = tempfile.mkdtemp()
+    with open(os.path.join(folder, "_kit_late_ops.py"), "w") as f:
+        f.write(LATE_OPERATOR_MODULE)
+    torch.__path__.append(folder)
+    if without_operator_block:
+        forbidden._block_operators = lambda ops: None
+    forbidden.block_for_good()
+    __import__("torch._kit_late_ops")
+    try:
+        torch.ops.kit_late.fused_lstm_cell(torch.randn(3))
+        return {"operator": "ran", "violations": forbidden.violations()}
+    except forbidden.ForbiddenModuleError:
+        return {"operator": "forbidden", "violations": forbidden.violations()}
+
+
 # As in the worker: a backward pass before forking (autograd's threads, started in a forked
 # child, can abort it), and the plan made once before forking.
 x = torch.ones(2, requires_grad=True)
 (x * 2).sum().backward()
 assert "torchvision" not in sys.modules
 forbidden.prepare()
-late = {"full": in_child(lambda: late_import(False)), "no import hooks": in_child(lambda: late_import(True))}
+late = {"full": in_child(lambda: late_import(False)), "no import hooks": in_child(lambda: late_import(True)),
+        "varlen planned": "torch.nn.attention.varlen" in sys.modules, "varlen": in_child(late_varlen),
+        "operator": in_child(lambda: late_operator(False)),
+        "no operator block": in_child(lambda: late_operator(True))}
 
 import torchvision.models  # the worker imports it before any unit (ImageEncoder needs it)
 forbidden._PLAN.clear()  # made again, with torchvision's modules
@@ -356,6 +409,22 @@ def test_modules_imported_after_the_block_are_blocked_too(entry_points):
     assert late["full"] == {"class": "forbidden", "function": "forbidden", "allowed": "ran"}
     # Without nn.Module.__init__'s check and the import hook, the late module is intact.
     assert late["no import hooks"] == {"class": "ran", "function": "ran", "allowed": "ran"}
+
+
+def test_varlen_imported_after_the_block_is_refused_everywhere(entry_points):
+    late = entry_points["late_import"]
+    assert late["varlen planned"] is False  # the zygote does not pay for torch._dynamo
+    assert {k: late["varlen"][k] for k in ("function", "operator", "overload")} == {
+        "function": "forbidden", "operator": "forbidden", "overload": "forbidden"}
+    assert late["varlen"]["violations"] == ["torch.nn.attention.varlen.varlen_attn",
+                                            "torch.ops.torch_attn._varlen_attn"]
+
+
+def test_an_operator_registered_by_a_late_import_is_blocked_at_the_dispatcher(entry_points):
+    late = entry_points["late_import"]
+    assert late["operator"] == {"operator": "forbidden", "violations": ["torch.ops.kit_late.fused_lstm_cell"]}
+    # Without the operator block, its implementation's harmless name lets it compute.
+    assert late["no operator block"] == {"operator": "ran", "violations": []}
 
 
 # ---------------------------------------------------------------------------------------

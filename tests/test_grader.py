@@ -156,6 +156,27 @@ def test_no_job_carries_a_solution_line(tmp_path):
         assert not leaked, leaked[:5]
 
 
+def test_hidden_cases_do_not_depend_on_the_order_they_are_drawn_in():
+    """A grading draws each group's tests as its job is sent (checks.HiddenTests): the
+    captioner's first here, the rest after, against each test drawn on its own."""
+    import torch
+    from grading import _coco_and_fixture
+    from autograder import checks
+    coco, fixture = _coco_and_fixture()
+    late_first = checks.HiddenTests(7, coco, fixture)
+    late_first.of(("CaptioningRNN", "AttentionLSTM"))
+    tests = list(late_first)
+    points = checks.load_points()
+    assert [(t.unit, t.name) for t in tests] == [(u, n) for u, unit_tests in points.items() for n in unit_tests]
+    for test in tests:
+        alone = checks.build_test(checks.graded_tests.GRADED_TESTS[(test.unit, test.name)], test.points, 7,
+                                  checks.CaptionerFixture(coco))
+        assert test.shared == alone.shared and len(test.cases) == len(alone.cases)
+        for case, other in zip(test.cases, alone.cases):
+            assert case.inputs.keys() == other.inputs.keys()
+            assert all(torch.equal(case.inputs[k], other.inputs[k]) for k in case.inputs), (test.unit, test.name)
+
+
 def test_a_syntax_error_costs_its_unit_with_that_reason(tmp_path):
     code = reference.unit_source("dot_product_attention").replace("attn, attn_weights = None, None",
                                                                   "attn, attn_weights = None None")
