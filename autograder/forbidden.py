@@ -47,6 +47,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 import types
 import warnings
 
@@ -473,13 +474,14 @@ class _SweepingLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        outermost = not _LOADING
+        loading = _LOADING.__dict__.setdefault("modules", [])
+        outermost = not loading
         registered_before = set(torch._C._dispatch_get_all_op_names()) if outermost else set()
-        _LOADING.append(module.__name__)
+        loading.append(module.__name__)
         try:
             self._loader.exec_module(module)
         finally:
-            _LOADING.pop()
+            loading.pop()
             if outermost:  # once, for the operators this module and what it imported registered
                 _block_operators(_forbidden_among(set(torch._C._dispatch_get_all_op_names()) - registered_before))
         functions, classes = _module_items(module.__name__, module)
@@ -489,7 +491,9 @@ class _SweepingLoader:
             _disable_class(cls, _forbidden_raiser(label))
 
 
-_LOADING: list[str] = []  # the library modules being imported after the block, outermost first
+# The library modules each thread is importing after the block, outermost first (per thread:
+# an import on another thread that outlasts this one's is still its own outermost).
+_LOADING = threading.local()
 
 
 class _SweepingFinder:
