@@ -321,9 +321,6 @@ class HiddenTests:
     def __iter__(self):
         return iter([self._draw(i) for i in range(len(self._declared))])
 
-    def __len__(self) -> int:
-        return len(self._declared)
-
     def _draw(self, index: int) -> HiddenTest:
         if index not in self._drawn:
             declared, points = self._declared[index]

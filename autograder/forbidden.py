@@ -474,14 +474,13 @@ class _SweepingLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        loading = _LOADING.__dict__.setdefault("modules", [])
-        outermost = not loading
+        outermost = getattr(_LOADING, "depth", 0) == 0
         registered_before = set(torch._C._dispatch_get_all_op_names()) if outermost else set()
-        loading.append(module.__name__)
+        _LOADING.depth = getattr(_LOADING, "depth", 0) + 1
         try:
             self._loader.exec_module(module)
         finally:
-            loading.pop()
+            _LOADING.depth -= 1
             if outermost:  # once, for the operators this module and what it imported registered
                 _block_operators(_forbidden_among(set(torch._C._dispatch_get_all_op_names()) - registered_before))
         functions, classes = _module_items(module.__name__, module)
@@ -491,8 +490,8 @@ class _SweepingLoader:
             _disable_class(cls, _forbidden_raiser(label))
 
 
-# The library modules each thread is importing after the block, outermost first (per thread:
-# an import on another thread that outlasts this one's is still its own outermost).
+# How many library modules each thread is importing after the block (per thread: an import
+# on another thread that outlasts this one's is still its own outermost).
 _LOADING = threading.local()
 
 
@@ -560,13 +559,8 @@ def _block_operators(ops) -> None:
     (torch.nn.attention.varlen's torch_attn::_varlen_attn) as block_for_good blocked the
     planned ones. An operator of the student's own, registered by a cell, is never here: only
     what was registered while a module of torch, torchvision or functorch was importing."""
-    ops = [op for op in ops if op not in _PLAN["ops"]]
-    if not ops:
-        return
-    plan = _operator_plan(ops)
-    for key in ("ops", "registrations", "functions", "classes", "names"):
-        _PLAN[key] = [*_PLAN[key], *plan[key]]
-    _apply(plan)
+    if ops:
+        _apply(_operator_plan(ops))
 
 
 def _apply(plan: dict) -> None:
